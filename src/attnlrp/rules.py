@@ -1,0 +1,161 @@
+"""The AttnLRP rules as autograd functions, in gradient × input form (DESIGN.md §1).
+
+Relevance of a tensor ``a`` is ``a ⊙ ĝ(a)`` where ``ĝ`` is a *modified* gradient. Every function here changes
+how ``ĝ`` flows backwards through one kind of operation; the forward pass is never changed. Each function is
+small on purpose: it sits beside a closed-form oracle in ``tests/test_rules.py``.
+
+Rules that absorb relevance (softmax, attention as a whole) report what they absorbed to a ``Ledger`` so that
+``input relevance + absorbed = explained value`` can be checked.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+
+#: Denominators smaller than this are replaced by ``±STABILISER`` in the identity rule. Small enough not to
+#: affect conservation measurably (|x| < 1e-6 carries almost no relevance), large enough that ``f(x)/x`` cannot
+#: overflow fp16/bf16 gradients.
+STABILISER = 1e-6
+
+
+class AbsorptionSink(Protocol):
+    """Where rules report relevance absorbed on the way (implemented by ``attnlrp.audit.Ledger``)."""
+
+    def absorb(self, site: str, amount: torch.Tensor) -> None: ...
+
+
+def per_row_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over every dimension but the first (the batch), in float64 so ledgers stay exact."""
+    t = t.double()
+    return t.reshape(t.shape[0], -1).sum(dim=1) if t.dim() > 1 else t
+
+
+def relevance_of(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``x ⊙ grad`` with the convention ``(-inf) · 0 = 0`` (masked logits carry no relevance)."""
+    product = x.double() * grad.double()
+    return torch.where(grad == 0, torch.zeros((), dtype=product.dtype, device=product.device), product)
+
+
+class _IdentityRule(torch.autograd.Function):
+    """Element-wise non-linearity ``y = f(x)`` with ``R(x) = R(y)``: ``ĝ(x) = ĝ(y) ⊙ f(x)/x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ratio_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        xs = x.to(ratio_dtype)
+        safe = torch.where(xs.abs() < STABILISER, torch.full_like(xs, STABILISER).copysign(xs), xs)
+        ctx.save_for_backward(y.to(ratio_dtype) / safe)
+        return y.detach().clone() if y.requires_grad else y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):  # type: ignore[override]
+        (ratio,) = ctx.saved_tensors
+        return (grad_y.to(ratio.dtype) * ratio).to(grad_y.dtype), None
+
+
+def identity_rule(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply the element-wise ``fn`` to ``x`` with the identity rule (``fn`` runs without building a graph)."""
+    with torch.no_grad():
+        y = fn(x)
+    if not x.requires_grad:
+        return y
+    return _IdentityRule.apply(x, y)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the gradient is multiplied by a constant factor backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad * ctx.factor, None
+
+
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` unchanged forward, ``factor · ĝ`` backward (only where ``x`` needs a gradient)."""
+    if not x.requires_grad or factor == 1.0:
+        return x
+    return _ScaleGradient.apply(x, factor)
+
+
+def uniform_product(op: Callable[..., torch.Tensor], a: torch.Tensor, b: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """Uniform rule for a product of two input-dependent tensors (``a*b``, ``a@b``, einsum…): each gets half.
+
+    Works for any bilinear ``op`` since halving the gradient of each operand halves its relevance:
+    ``R(a) + R(b) = ½R(y) + ½R(y)``.
+    """
+    return op(scale_gradient(a, 0.5), scale_gradient(b, 0.5), *args, **kwargs)
+
+
+class _Tap(torch.autograd.Function):
+    """Identity forward; backward reports ``sign · Σ x ⊙ ĝ(x)`` per batch row to a sink, the gradient unchanged."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sink: AbsorptionSink, site: str, sign: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.sink, ctx.site, ctx.sign = sink, site, sign
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        ctx.sink.absorb(ctx.site, ctx.sign * per_row_sum(relevance_of(x, grad)))
+        return grad, None, None, None
+
+
+def tap(x: torch.Tensor, sink: AbsorptionSink | None, site: str, sign: float = 1.0) -> torch.Tensor:
+    """Let ``sink`` see the relevance ``x ⊙ ĝ(x)`` that flows through ``x`` (no-op without a sink or gradient)."""
+    if sink is None or not x.requires_grad:
+        return x
+    return _Tap.apply(x, sink, site, sign)
+
+
+def softmax_rule(
+    softmax: Callable[..., torch.Tensor], x: torch.Tensor, *args, sink: AbsorptionSink | None = None, **kwargs
+) -> torch.Tensor:
+    """AttnLRP softmax rule ``R(x) = x ⊙ (R(s) − s ΣR(s))``: exactly the plain gradient.
+
+    Only the bookkeeping is added: what the softmax absorbs, ``ΣR(s) − ΣR(x)``, goes to ``sink``.
+    """
+    s = softmax(tap(x, sink, "softmax", -1.0), *args, **kwargs)
+    return tap(s, sink, "softmax", +1.0)
+
+
+def attention_rule(
+    sdpa: Callable[..., torch.Tensor],
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *args,
+    method: str = "attnlrp",
+    sink: AbsorptionSink | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """Attention as a whole (any fused backend): softmax(q·kᵀ)·v with both products under the uniform rule.
+
+    ``q·kᵀ`` and ``A·v`` each halve their operands' gradients, the softmax keeps the plain gradient, so
+    ``ĝ(q)``, ``ĝ(k)`` are scaled by ¼ and ``ĝ(v)`` by ½ at the kernel's inputs. CP-LRP instead treats the
+    attention probabilities as constants: ``q`` and ``k`` get no gradient and ``v`` the full one.
+    What the attention absorbs (its softmax, an additive mask or bias) is ``R(out) − R(q) − R(k) − R(v) − R(bias)``.
+    """
+    if args:  # sdpa's positional order: attn_mask, dropout_p, is_causal, scale
+        kwargs.update(zip(("attn_mask", "dropout_p", "is_causal", "scale"), args))
+    mask = kwargs.get("attn_mask")
+    if method == "cp-lrp":
+        q, k = query.detach(), key.detach()
+        v = tap(value, sink, "attention", -1.0)
+        if isinstance(mask, torch.Tensor):
+            kwargs["attn_mask"] = mask.detach()
+    else:
+        q = scale_gradient(tap(query, sink, "attention", -1.0), 0.25)
+        k = scale_gradient(tap(key, sink, "attention", -1.0), 0.25)
+        v = scale_gradient(tap(value, sink, "attention", -1.0), 0.5)
+        if isinstance(mask, torch.Tensor):  # an additive bias enters the scores, after A·v's halving
+            kwargs["attn_mask"] = scale_gradient(tap(mask, sink, "attention", -1.0), 0.5)
+    return tap(sdpa(q, k, v, **kwargs), sink, "attention", +1.0)
