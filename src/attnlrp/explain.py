@@ -16,15 +16,12 @@ from torch import nn
 
 from .audit import UnhandledOperationError
 from .engine import LRPContext, METHODS
+from .errors import ExplainError
 from .explanation import Explanation, Target
 from .tokens import TokenizedPrompt, from_ids, tokenize
 
 Prompt = Union[str, Sequence[int], torch.Tensor]
 TargetSpec = Union[None, int, str, Callable[[Any], torch.Tensor]]
-
-
-class ExplainError(ValueError):
-    """A request that cannot be explained as asked; the message says what to change."""
 
 
 @dataclass(frozen=True)

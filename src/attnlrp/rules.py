@@ -46,7 +46,10 @@ class _IdentityRule(torch.autograd.Function):
         ratio_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         xs = x.to(ratio_dtype)
         safe = torch.where(xs.abs() < STABILISER, torch.full_like(xs, STABILISER).copysign(xs), xs)
-        ctx.save_for_backward(y.to(ratio_dtype) / safe)
+        ratio = y.to(ratio_dtype) / safe
+        # f(x)/x is bounded for GELU, SiLU, tanh…, not for f(0) ≠ 0 (sigmoid): keep fp16 gradients finite
+        bound = torch.finfo(x.dtype).max ** 0.5
+        ctx.save_for_backward(ratio.clamp(-bound, bound))
         return y.detach().clone() if y.requires_grad else y
 
     @staticmethod

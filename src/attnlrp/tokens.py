@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from .errors import ExplainError
+
 
 @dataclass(frozen=True)
 class TokenizedPrompt:
@@ -30,9 +32,9 @@ class TokenizedPrompt:
 def tokenize(tokenizer, text: str, *, add_special_tokens: bool = True) -> TokenizedPrompt:
     """Tokenize ``text`` and recover each token's surface string from the offsets."""
     if not isinstance(text, str):
-        raise TypeError(f"prompt must be a string or a sequence of token ids, got {type(text).__name__}")
+        raise ExplainError(f"prompt must be a string or a sequence of token ids, got {type(text).__name__}")
     if not text.strip():
-        raise ValueError("the prompt is empty: give some text to explain")
+        raise ExplainError("the prompt is empty: give some text to explain")
     if not getattr(tokenizer, "is_fast", False):
         ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
         return from_ids(tokenizer, ids)
@@ -60,15 +62,15 @@ def from_ids(tokenizer, ids: Sequence[int] | torch.Tensor) -> TokenizedPrompt:
     """Tokens of a prompt given as ids (no text to take offsets from): each id decoded on its own."""
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1:
-            raise ValueError(f"token ids must be one sequence (1-D), got shape {tuple(ids.shape)}")
+            raise ExplainError(f"token ids must be one sequence (1-D), got shape {tuple(ids.shape)}")
         ids = ids.tolist()
     ids = [int(i) for i in ids]
     if not ids:
-        raise ValueError("the prompt is empty: give at least one token id")
+        raise ExplainError("the prompt is empty: give at least one token id")
     vocab = len(tokenizer) if tokenizer is not None else None
     bad = [i for i in ids if i < 0 or (vocab is not None and i >= vocab)]
     if bad:
-        raise ValueError(f"token ids out of the tokenizer's range 0..{vocab - 1 if vocab else '?'}: {bad[:5]}")
+        raise ExplainError(f"token ids out of the tokenizer's range 0..{vocab - 1 if vocab else '?'}: {bad[:5]}")
     special_ids = set(tokenizer.all_special_ids)
     tokens = [tokenizer.decode([i]) for i in ids]
     special = [i in special_ids for i in ids]

@@ -1,0 +1,99 @@
+"""Command line: ``attnlrp explain PROMPT [...]``. Thin: parses, calls the library, prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from typing import Sequence
+
+from .engine import METHODS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnlrp", description="Explain transformer predictions with AttnLRP (attention-aware LRP)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    explain = commands.add_parser(
+        "explain",
+        help="relevance of each prompt token for a prediction",
+        description="Explain the model's next-token prediction (or a given target) for PROMPT.",
+    )
+    explain.add_argument("prompt", help="the text to explain ('-' reads it from standard input)")
+    explain.add_argument(
+        "--model", default=None,
+        help="a local folder, a .gguf file, a hub id, or 'smollm2' / 'minilm' (default: embedded SmolLM2-135M-Instruct)",
+    )
+    explain.add_argument("--method", default="attnlrp", choices=METHODS, help="attribution method (default: attnlrp)")
+    explain.add_argument("--target", default=None, help="explain this token (a string or an id) instead of the prediction")
+    explain.add_argument("--contrast", default=None, help="explain logit(target) minus logit(CONTRAST)")
+    explain.add_argument("--position", type=int, default=None, help="explain the output at this position (default: last)")
+    explain.add_argument("--html", metavar="FILE", default=None, help="write an HTML heatmap to FILE")
+    explain.add_argument("--json", action="store_true", help="print one JSON object instead of the terminal view")
+    explain.add_argument("--top", type=int, default=10, help="tokens in the ranking (default: 10)")
+    explain.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    explain.add_argument("--strict", action="store_true", help="fail if any non-linear operation runs without a rule")
+    explain.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="terminal colours")
+    explain.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+    explain.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (unsafe)")
+    return parser
+
+
+def _token_arg(value: str | None) -> int | str | None:
+    """``--target 1234`` means the id 1234; anything else is a token string (kept verbatim, spaces included)."""
+    if value is None:
+        return None
+    return int(value) if value.strip().isdigit() and value == value.strip() else value
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .explain import Explainer
+    from .models import load_model
+    from .render import should_color
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    loaded = load_model(
+        args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle
+    )
+    explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, strict=args.strict, model_name=loaded.source)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explanation = explainer.explain(
+            prompt, target=_token_arg(args.target), contrast=_token_arg(args.contrast), position=args.position
+        )
+    for warning in caught:
+        if "without an LRP rule" in str(warning.message):
+            print(f"warning: {warning.message}", file=sys.stderr)
+    if args.html:
+        explanation.save_html(args.html)
+    if args.json:
+        print(explanation.to_json())
+    else:
+        color = {"always": True, "never": False}.get(args.color, should_color(sys.stdout))
+        print(explanation.to_terminal(color=color, top_k=args.top))
+        if args.html:
+            print(f"\nHTML heatmap: {args.html}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .audit import UnhandledOperationError
+    from .explain import ExplainError
+    from .models import ModelLoadError
+
+    try:
+        if args.command == "explain":
+            return _explain(args)
+    except (ExplainError, ModelLoadError, UnhandledOperationError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

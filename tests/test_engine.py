@@ -1,0 +1,179 @@
+"""The rule context: norms by what they compute, reversibility, isolation between models, the audit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import attnlrp
+from attnlrp import LRPContext, UnhandledOperationError
+from tiny import tiny_llama, word_tokenizer
+
+PROMPT = "paris is the capital of france . lisbon is the capital of"
+
+
+def relevance_through(module: nn.Module, x: torch.Tensor, seed: torch.Tensor, method="attnlrp"):
+    x = x.clone().requires_grad_()
+    with LRPContext(module, method) as ctx:
+        y = module(x)
+        (g,) = torch.autograd.grad(y, x, seed)
+    return y.detach(), g, ctx
+
+
+def test_rmsnorm_identity_rule():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(8).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(8))
+    x, seed = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    y, g, ctx = relevance_through(norm, x, seed)
+    torch.testing.assert_close(x * g, y * seed)  # R(x) = R(y) element-wise: ĝ(x) = ĝ(y) y/x
+    assert any(rule == "norm statistic held constant" for rule, _ in ctx.audit.covered)
+
+
+def test_layernorm_holds_sigma_constant():
+    norm = nn.LayerNorm(6).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(6))
+        norm.bias.copy_(torch.randn(6))
+    x, seed = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    y, g, ctx = relevance_through(norm, x, seed)
+    torch.testing.assert_close(y, F.layer_norm(x, (6,), norm.weight, norm.bias))
+    sigma = torch.sqrt(x.var(dim=-1, unbiased=False, keepdim=True) + norm.eps)
+    wg = norm.weight.detach() * seed
+    expected_grad = (wg - wg.mean(dim=-1, keepdim=True)) / sigma  # mean-centring, then ÷σ held constant
+    torch.testing.assert_close(g, expected_grad)
+    # conservation: input relevance + what the bias absorbed = output relevance
+    assert math.isclose(float((x * g).sum() + (norm.bias.detach() * seed).sum()), float((y * seed).sum()), rel_tol=1e-10)
+
+
+def test_linear_is_plain_gradient_and_bias_absorbs():
+    layer = nn.Linear(5, 3).double()
+    x, seed = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    y, g, ctx = relevance_through(layer, x, seed)
+    torch.testing.assert_close(g, seed @ layer.weight.detach())
+    absorbed = ctx.ledger.by_site["bias"]
+    torch.testing.assert_close(absorbed, (seed * layer.bias.detach()).sum(dim=1))
+    torch.testing.assert_close((x * g).sum(dim=1) + absorbed, (y * seed).sum(dim=1))
+
+
+class ExpUnit(nn.Module):
+    """A non-linearity no rule covers."""
+
+    def forward(self, x):
+        return torch.exp(x) * 0.5
+
+
+def test_audit_flags_unhandled_operation_and_strict_raises():
+    model = nn.Sequential(nn.Linear(4, 4), ExpUnit())
+    x = torch.randn(2, 4, requires_grad=True)
+    with LRPContext(model) as ctx:
+        y = model(x)
+    assert [(u.op, u.module, u.module_type) for u in ctx.audit.unhandled] == [("exp", "1", "ExpUnit")]
+    with pytest.raises(UnhandledOperationError, match="exp in 1 .ExpUnit."):
+        with LRPContext(model, strict=True):
+            model(x)
+    assert torch._C._len_torch_function_stack() == 0
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="unknown method 'lrp'.*attnlrp, cp-lrp"):
+        LRPContext(nn.Linear(2, 2), "lrp")
+
+
+# ---------------------------------------------------------------------------------------------- reversibility
+def snapshot(model: nn.Module) -> dict:
+    import transformers
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    classes = {cls for m in model.modules() for cls in type(m).__mro__}
+    return {
+        "classes": {cls: dict(vars(cls)) for cls in classes},
+        "tensor": {name: getattr(torch.Tensor, name) for name in dir(torch.Tensor)},
+        "functional": dict(vars(F)),
+        "torch": {name: getattr(torch, name) for name in ("matmul", "softmax", "mul", "einsum", "rsqrt", "tanh")},
+        "attention": dict(ALL_ATTENTION_FUNCTIONS._global_mapping),
+        "instances": {name: dict(vars(m)) for name, m in model.named_modules()},
+        "grad_flags": [p.requires_grad for p in model.parameters()],
+        "training": [m.training for m in model.modules()],
+        "transformers": transformers.__dict__.copy(),
+    }
+
+
+def assert_same_snapshot(before: dict, after: dict) -> None:
+    for key in before:
+        assert before[key] == after[key], key
+
+
+def test_outputs_bit_identical_after_exit_and_nothing_left_changed():
+    model, tok = tiny_llama(), word_tokenizer()
+    model.train()  # the context switches to eval and must restore training flags
+    model.model.layers[0].requires_grad_(False)  # and restore mixed requires_grad flags
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    model.eval()
+    reference = model(ids).logits
+    model.train()
+    before = snapshot(model)
+    attnlrp.explain(model, tok, PROMPT)
+    after = snapshot(model)
+    assert_same_snapshot(before, after)
+    model.eval()
+    assert torch.equal(model(ids).logits, reference)
+    assert torch._C._len_torch_function_stack() == 0
+
+
+def test_restored_after_exception_inside_context_and_inside_forward():
+    model = tiny_llama()
+    ids = torch.tensor([[2, 7, 8, 9]])
+    reference = model(ids).logits
+    before = snapshot(model)
+    with pytest.raises(KeyError):
+        with LRPContext(model):
+            model(ids)
+            raise KeyError("boom")
+    with pytest.raises(RuntimeError):
+        with LRPContext(model):
+            embeds = model.get_input_embeddings()(ids).requires_grad_()
+            model(inputs_embeds=embeds[..., :5])  # wrong hidden size: fails deep inside the forward
+    assert torch._C._len_torch_function_stack() == 0
+    assert_same_snapshot(before, snapshot(model))
+    assert torch.equal(model(ids).logits, reference)
+
+
+def test_two_models_and_two_methods_in_one_process():
+    tok = word_tokenizer()
+    a, b = tiny_llama(), tiny_llama()
+    with torch.no_grad():  # a different model b
+        for p in b.parameters():
+            p.mul_(1.5)
+    alone = {(name, method): attnlrp.explain(m, tok, PROMPT, method=method).relevance
+             for name, m in (("a", a), ("b", b)) for method in ("attnlrp", "cp-lrp")}
+    assert not torch.allclose(alone[("a", "attnlrp")], alone[("a", "cp-lrp")])
+    # nested contexts on two models: each only rules its own model's operations
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    ea = a.get_input_embeddings()(ids).detach().requires_grad_()
+    eb = b.get_input_embeddings()(ids).detach().requires_grad_()
+    with LRPContext(a, "attnlrp"), LRPContext(b, "cp-lrp"):
+        la = a(inputs_embeds=ea).logits[0, -1]
+        lb = b(inputs_embeds=eb).logits[0, -1]
+        ga, = torch.autograd.grad(la[la.argmax()], ea)
+        gb, = torch.autograd.grad(lb[lb.argmax()], eb)
+    torch.testing.assert_close((ea * ga).sum(-1)[0], alone[("a", "attnlrp")], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close((eb * gb).sum(-1)[0], alone[("b", "cp-lrp")], rtol=1e-5, atol=1e-6)
+
+
+def test_plain_methods_use_no_rule():
+    model, tok = tiny_llama(torch.float64), word_tokenizer()
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    e = model.get_input_embeddings()(ids).detach().requires_grad_()
+    logits = model(inputs_embeds=e).logits[0, -1]
+    g, = torch.autograd.grad(logits.max(), e)
+    ixg = attnlrp.explain(model, tok, PROMPT, method="input-x-gradient")
+    grad = attnlrp.explain(model, tok, PROMPT, method="gradient")
+    torch.testing.assert_close(ixg.relevance.double(), (e * g).sum(-1)[0].detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad.relevance.double(), g.norm(dim=-1)[0], rtol=1e-6, atol=1e-7)

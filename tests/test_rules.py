@@ -1,0 +1,165 @@
+"""Each rule against its closed-form relevance formula (DESIGN.md §1), in fp64, and stable in fp32/bf16/fp16."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlrp import rules
+from attnlrp.audit import Ledger
+
+torch.manual_seed(0)
+
+
+def grad_of(out: torch.Tensor, x: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    (g,) = torch.autograd.grad(out, x, seed)
+    return g
+
+
+@pytest.mark.parametrize("fn", [F.gelu, F.silu, torch.tanh, lambda t: F.gelu(t, approximate="tanh"), F.relu])
+def test_identity_rule_passes_relevance_unchanged(fn):
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    seed = torch.randn(5, 7, dtype=torch.float64)
+    y = rules.identity_rule(fn, x)
+    g = grad_of(y, x, seed)
+    expected_y = fn(x.detach())
+    assert torch.equal(y.detach(), expected_y)  # forward untouched
+    # R(x) = R(y) element by element, and ĝ(x) = ĝ(y) f(x)/x
+    torch.testing.assert_close(x.detach() * g, expected_y * seed, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, seed * expected_y / x.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_identity_rule_is_finite_at_zero_and_in_half_precision(dtype):
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-8, 3.0, -3.0], dtype=torch.float32).to(dtype).requires_grad_()
+    for fn in (F.gelu, F.silu, torch.sigmoid, torch.tanh):
+        y = rules.identity_rule(fn, x)
+        g = grad_of(y, x, torch.ones_like(y))
+        assert torch.isfinite(g).all(), (fn, g)
+        assert g[0] == 0 or fn is torch.sigmoid or abs(float(g[0])) < 1e5
+
+
+def test_uniform_product_halves_each_operand():
+    a = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    seed = torch.randn(4, 6, dtype=torch.float64)
+    y = rules.uniform_product(torch.mul, a, b)
+    ga, gb = torch.autograd.grad(y, (a, b), seed)
+    torch.testing.assert_close(ga, 0.5 * b.detach() * seed)
+    torch.testing.assert_close(gb, 0.5 * a.detach() * seed)
+    # R(a) = R(b) = ½ R(y) per element
+    torch.testing.assert_close(a.detach() * ga, 0.5 * y.detach() * seed)
+    torch.testing.assert_close(b.detach() * gb, 0.5 * y.detach() * seed)
+
+
+def test_uniform_product_for_matmul_conserves():
+    a = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    seed = torch.randn(3, 4, 2, dtype=torch.float64)
+    y = rules.uniform_product(torch.matmul, a, b)
+    ga, gb = torch.autograd.grad(y, (a, b), seed)
+    total = float((y.detach() * seed).sum())
+    assert math.isclose(float((a.detach() * ga).sum()), total / 2, rel_tol=1e-12)
+    assert math.isclose(float((b.detach() * gb).sum()), total / 2, rel_tol=1e-12)
+
+
+def softmax_relevance_oracle(x: torch.Tensor, r_s: torch.Tensor) -> torch.Tensor:
+    """R(x) = x ⊙ (R(s) − s Σ R(s)) — the AttnLRP softmax rule, written out."""
+    s = torch.softmax(x, dim=-1)
+    return x * (r_s - s * r_s.sum(dim=-1, keepdim=True))
+
+
+def test_softmax_rule_matches_closed_form_and_reports_absorption():
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    seed = torch.randn(2, 3, 6, dtype=torch.float64)
+    ledger = Ledger()
+    s = rules.softmax_rule(torch.softmax, x, dim=-1, sink=ledger)
+    g = grad_of(s, x, seed)
+    r_s = s.detach() * seed
+    expected = softmax_relevance_oracle(x.detach(), r_s)
+    torch.testing.assert_close(x.detach() * g, expected)
+    absorbed = ledger.by_site["softmax"]
+    torch.testing.assert_close(absorbed, (r_s.sum(dim=(1, 2)) - expected.sum(dim=(1, 2))))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_softmax_rule_masked_logits_give_zero_not_nan(dtype):
+    x = torch.randn(1, 2, 5).to(dtype)
+    x[..., 3:] = float("-inf")
+    x.requires_grad_()
+    ledger = Ledger()
+    s = rules.softmax_rule(torch.softmax, x, dim=-1, sink=ledger)
+    g = grad_of(s, x, torch.ones_like(s) + 0.5 * torch.arange(5, dtype=dtype))
+    relevance = rules.relevance_of(x.detach(), g)
+    assert torch.isfinite(relevance).all()
+    assert torch.equal(relevance[..., 3:], torch.zeros_like(relevance[..., 3:]))
+    assert torch.isfinite(ledger.by_site["softmax"]).all()
+
+
+def eager_attention_oracle(q, k, v, seed, mask=None):
+    """Relevance of q, k, v and what the softmax absorbs, by the uniform and softmax rules written out."""
+    scale = 1 / math.sqrt(q.shape[-1])
+    scores = scale * q @ k.transpose(-1, -2) + (0 if mask is None else mask)
+    a = torch.softmax(scores, dim=-1)
+    out = a @ v
+    # A·V, uniform: R(A) = A ⊙ ½ ĝ vᵀ, R(v) = v ⊙ ½ Aᵀ ĝ
+    g_a = 0.5 * seed @ v.transpose(-1, -2)
+    r_v = v * (0.5 * a.transpose(-1, -2) @ seed)
+    # softmax: plain gradient, ĝ(x) = s ⊙ (ĝ(s) − Σ s ĝ(s)); masked logits get exactly 0
+    g_scores = a * (g_a - (a * g_a).sum(dim=-1, keepdim=True))
+    # q·kᵀ, uniform: each half of ĝ(scores)
+    r_q = q * (0.5 * scale * g_scores @ k)
+    r_k = k * (0.5 * scale * g_scores.transpose(-1, -2) @ q)
+    return out, r_q, r_k, r_v
+
+
+def test_attention_rule_on_fused_sdpa_matches_eager_oracle():
+    q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    seed = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    ledger = Ledger()
+    out = rules.attention_rule(F.scaled_dot_product_attention, q, k, v, sink=ledger)
+    gq, gk, gv = torch.autograd.grad(out, (q, k, v), seed)
+    expected_out, r_q, r_k, r_v = eager_attention_oracle(q.detach(), k.detach(), v.detach(), seed)
+    torch.testing.assert_close(out.detach(), expected_out)
+    torch.testing.assert_close(q.detach() * gq, r_q)
+    torch.testing.assert_close(k.detach() * gk, r_k)
+    torch.testing.assert_close(v.detach() * gv, r_v)
+    # ledger: R(out) = R(q) + R(k) + R(v) + absorbed, per batch row
+    r_out = (out.detach() * seed).sum(dim=(1, 2, 3))
+    inputs = sum((t * g).sum(dim=(1, 2, 3)) for t, g in ((q, gq), (k, gk), (v, gv))).detach()
+    torch.testing.assert_close(ledger.by_site["attention"], r_out - inputs)
+
+
+def test_attention_rule_with_causal_mask_is_finite_and_conserves():
+    q, k, v = (torch.randn(1, 2, 6, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    ledger = Ledger()
+    out = rules.attention_rule(F.scaled_dot_product_attention, q, k, v, is_causal=True, sink=ledger)
+    seed = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), seed)
+    assert all(torch.isfinite(g).all() for g in grads)
+    mask = torch.full((6, 6), float("-inf"), dtype=torch.float64).triu(1)
+    _, r_q, r_k, r_v = eager_attention_oracle(q.detach(), k.detach(), v.detach(), seed, mask=mask)
+    torch.testing.assert_close(v.detach() * grads[2], r_v)
+    torch.testing.assert_close(q.detach() * grads[0], r_q)
+
+
+def test_cp_lrp_attention_stops_query_and_key():
+    q, k, v = (torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out = rules.attention_rule(F.scaled_dot_product_attention, q, k, v, method="cp-lrp")
+    seed = torch.randn_like(out)
+    gq, gk, gv = torch.autograd.grad(out, (q, k, v), seed, allow_unused=True)
+    assert gq is None and gk is None
+    # v keeps the full gradient, so R(v) = R(out): A·v is linear in v once A is a constant
+    assert math.isclose(float((v.detach() * gv).sum()), float((out.detach() * seed).sum()), rel_tol=1e-12)
+
+
+def test_scale_gradient_and_tap():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    ledger = Ledger()
+    y = rules.tap(rules.scale_gradient(x, 0.25), ledger, "site", sign=-1.0)
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    torch.testing.assert_close(g, torch.full_like(g, 0.25))
+    torch.testing.assert_close(ledger.by_site["site"], -x.detach().sum(dim=1))
