@@ -163,3 +163,13 @@ def test_scale_gradient_and_tap():
     (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
     torch.testing.assert_close(g, torch.full_like(g, 0.25))
     torch.testing.assert_close(ledger.by_site["site"], -x.detach().sum(dim=1))
+
+
+@pytest.mark.parametrize("apply", [lambda t: rules.scale_gradient(t, 0.5), lambda t: rules.identity_rule(torch.tanh, t)])
+def test_rule_outputs_can_be_modified_in_place(apply):
+    """Models modify tensors in place (T5: `scores += position_bias`); a rule's output must allow it."""
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    y = apply(x * 1.0)
+    y += 1.0
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.isfinite(g).all()

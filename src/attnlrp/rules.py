@@ -50,7 +50,7 @@ class _IdentityRule(torch.autograd.Function):
         # f(x)/x is bounded for GELU, SiLU, tanh…, not for f(0) ≠ 0 (sigmoid): keep fp16 gradients finite
         bound = torch.finfo(x.dtype).max ** 0.5
         ctx.save_for_backward(ratio.clamp(-bound, bound))
-        return y.detach().clone() if y.requires_grad else y
+        return y.detach()  # a detached alias, not a view: the model may modify it in place
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):  # type: ignore[override]
@@ -73,7 +73,7 @@ class _ScaleGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:  # type: ignore[override]
         ctx.factor = factor
-        return x.view_as(x)
+        return x.detach()  # a detached alias, not a view: the model may modify it in place
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
