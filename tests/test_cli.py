@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import attnlrp.models
 from attnlrp.cli import main
@@ -92,3 +93,34 @@ def test_console_script_end_to_end(smollm2, tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["target"]["token"] == " Paris"
+
+
+def test_audit_json_on_the_real_model(cli):
+    code, out, err = cli("audit", "--json")
+    data = json.loads(out)
+    assert code == 0, err
+    assert data["unhandled"] == [] and data["balanced"] is True
+    rules = {row["rule"] for row in data["covered"]}
+    assert {"attention (attnlrp)", "identity", "norm statistic held constant", "product (attnlrp)"} <= rules
+    assert {"input", "absorbed", "value"} <= set(data["ledger"])
+
+
+class SoftExp(torch.nn.Module):
+    """An activation written with plain tensor ops that no rule knows."""
+
+    def forward(self, x):
+        return torch.exp(-x * x) * x
+
+
+def test_audit_reports_an_uncovered_operation(monkeypatch, capsys):
+    from tiny import tiny_llama, word_tokenizer
+
+    model = tiny_llama()
+    model.model.layers[1].mlp.act_fn = SoftExp()
+    monkeypatch.setattr(attnlrp.models, "load_model",
+                        lambda *a, **k: attnlrp.models.LoadedModel(model, word_tokenizer(), "tiny"))
+    code = main(["audit", "--prompt", "paris is the capital of"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "exp                  in model.layers.1.mlp.act_fn (SoftExp)" in out
+    assert "NOT balanced" in out

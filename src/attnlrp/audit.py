@@ -96,8 +96,14 @@ class LedgerReport:
         """``input + absorbed − value``: zero up to rounding when every non-linear operation had a rule."""
         return self.input + self.absorbed - self.value
 
-    def balanced(self, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
-        return abs(self.residual) <= rtol * abs(self.value) + atol
+    @property
+    def scale(self) -> float:
+        """The largest term of the balance: rounding errors grow with it, even when the value is near 0."""
+        return max([abs(self.value), abs(self.input), sum(abs(v) for v in self.by_site.values())])
+
+    def balanced(self, rtol: float = 1e-4, atol: float = 1e-9) -> bool:
+        """``|input + absorbed − value| ≤ rtol · scale + atol``."""
+        return abs(self.residual) <= rtol * self.scale + atol
 
     def to_dict(self) -> dict:
         return {

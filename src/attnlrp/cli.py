@@ -38,7 +38,62 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="terminal colours")
     explain.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     explain.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (unsafe)")
+    audit = commands.add_parser(
+        "audit",
+        help="which rule covers which operation of a model, and the relevance ledger",
+        description="Run one explained pass on a sample prompt and report the rules applied, any non-linear "
+        "operation without a rule, and the ledger. Exit status 1 if something is not covered.",
+    )
+    audit.add_argument("model", nargs="?", default=None, help="as for explain --model (default: embedded SmolLM2)")
+    audit.add_argument("--prompt", default=AUDIT_PROMPT, help="sample input (default: a short English sentence)")
+    audit.add_argument("--method", default="attnlrp", choices=("attnlrp", "cp-lrp"), help="rules to audit")
+    audit.add_argument("--json", action="store_true", help="print one JSON object")
+    audit.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    audit.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+    audit.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (unsafe)")
     return parser
+
+
+AUDIT_PROMPT = "The quick brown fox jumps over the lazy dog because it"
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .explain import Explainer
+    from .models import load_model
+
+    loaded = load_model(
+        args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle
+    )
+    explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, model_name=loaded.source)
+    # any output will do for an audit; a masked LM need not contain a mask token
+    position = -1 if explainer.head_kind in ("causal-lm", "masked-lm") else None
+    target = None
+    if explainer.head_kind == "custom":  # a model without a head: the sum of the first output's first position
+        target = lambda output: output[0][:, 0].sum(-1)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        explanation = explainer.explain(args.prompt, position=position, target=target)
+    ledger = explanation.ledger
+    ok = not explanation.unhandled and ledger.balanced()
+    if args.json:
+        print(json.dumps({
+            "model": loaded.source, "method": args.method, "covered": explanation.covered,
+            "unhandled": explanation.unhandled, "ledger": ledger.to_dict(), "balanced": ledger.balanced(),
+        }, ensure_ascii=False))
+        return 0 if ok else 1
+    print(f"model: {loaded.source}\nmethod: {args.method}\n\ncovered operations:")
+    for row in explanation.covered:
+        print(f"  {row['count']:6d} x  {row['operation']:<40} {row['rule']}")
+    print("\nwithout a rule:")
+    for row in explanation.unhandled:
+        print(f"  {row['count']:6d} x  {row['operation']:<20} in {row['module']} ({row['module_type']})")
+    if not explanation.unhandled:
+        print("  none: every non-linear operation had a rule")
+    print(f"\nledger: input {ledger.input:+.6f} + absorbed {ledger.absorbed:+.6f} = value {ledger.value:+.6f} "
+          f"(residual {ledger.residual:+.2e}, {'balanced' if ledger.balanced() else 'NOT balanced'})")
+    for site, amount in sorted(ledger.by_site.items()):
+        print(f"  absorbed by {site}: {amount:+.6f}")
+    return 0 if ok else 1
 
 
 def _token_arg(value: str | None) -> int | str | None:
@@ -87,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return _explain(args)
+        if args.command == "audit":
+            return _audit(args)
     except (ExplainError, ModelLoadError, UnhandledOperationError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -166,6 +166,11 @@ class Explainer:
         self._embedding = _check_model(model)
         self._head = _head_of(model)
 
+    @property
+    def head_kind(self) -> str:
+        """What the model's output is: "causal-lm", "masked-lm", "seq-cls", or "custom" (needs a target function)."""
+        return self._head.kind
+
     def __call__(self, prompt: Prompt, **kwargs: Any) -> Explanation:
         return self.explain(prompt, **kwargs)
 
@@ -255,6 +260,7 @@ class Explainer:
             scores = (leaf.double() * grad.double()).sum(dim=-1)
         input_totals = (leaf.double() * grad.double()).sum(dim=-1)
         unhandled = ctx.audit.unhandled_list()
+        covered = ctx.audit.covered_table()
         if unhandled and self.method in ("attnlrp", "cp-lrp"):
             listing = "; ".join(f"{u['operation']} in {u['module']} ({u['count']}×)" for u in unhandled[:8])
             warnings.warn(
@@ -281,6 +287,7 @@ class Explainer:
                     prompt=p.text,
                     model_name=self.model_name,
                     unhandled=unhandled,
+                    covered=covered,
                 )
             )
         return explanations

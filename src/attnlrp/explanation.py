@@ -63,7 +63,8 @@ class Explanation:
     word_ids: list[int] = field(default_factory=list)
     prompt: str | None = None
     model_name: str | None = None
-    unhandled: list[dict] = field(default_factory=list)
+    unhandled: list[dict] = field(default_factory=list)  # non-linear operations that ran without a rule
+    covered: list[dict] = field(default_factory=list)  # which rule covered which operation, with counts
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -96,6 +97,7 @@ class Explanation:
             "value": self.value,
             "ledger": self.ledger.to_dict(),
             "unhandled": list(self.unhandled),
+            "covered": list(self.covered),
         }
 
     def to_json(self, **kwargs: Any) -> str:

@@ -61,7 +61,7 @@ class _IdentityRule(torch.autograd.Function):
 def identity_rule(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Apply the element-wise ``fn`` to ``x`` with the identity rule (``fn`` runs without building a graph)."""
     with torch.no_grad():
-        y = fn(x)
+        y = fn(x.detach())  # detached: no rule inside the activation's own code sees an input-dependent tensor
     if not x.requires_grad:
         return y
     return _IdentityRule.apply(x, y)
