@@ -54,32 +54,68 @@ class UnhandledOperationError(RuntimeError):
 
 
 class Ledger:
-    """Accumulates, per batch row, the relevance absorbed at each kind of site during one backward pass."""
+    """Accumulates the relevance absorbed at each kind of site during backward passes.
+
+    Rules report one amount per leading row of the tensor they saw. That leading dimension is the batch, or
+    batch × tokens for layers that flatten them (MoE routers), always batch-major, so ``row`` folds it back to
+    the batch. Tensors shared by the whole batch (no batch dimension) report to ``shared``.
+    """
 
     def __init__(self) -> None:
         self.by_site: dict[str, torch.Tensor] = {}
+        self.shared: dict[str, float] = {}
 
     def absorb(self, site: str, amount: torch.Tensor) -> None:
         amount = amount.detach().to("cpu", torch.float64).reshape(-1)
         previous = self.by_site.get(site)
-        if previous is None:
-            self.by_site[site] = amount
-        elif previous.shape == amount.shape:
-            self.by_site[site] = previous + amount
-        elif amount.numel() == 1 or previous.numel() == 1:
-            # a tensor without a batch dimension (shared by all rows) cannot be split per row
-            raise ValueError(
-                f"relevance absorbed at '{site}' has no batch dimension; explain these prompts one at a time"
-            )
-        else:
-            raise ValueError(f"ledger rows disagree at '{site}': {tuple(previous.shape)} vs {tuple(amount.shape)}")
+        if previous is not None and previous.shape != amount.shape:
+            # the same kind of site seen with another leading size (e.g. batch and batch × tokens): keep both
+            site = f"{site}#{amount.numel()}"
+            previous = self.by_site.get(site)
+        self.by_site[site] = amount if previous is None else previous + amount
+
+    def absorb_shared(self, site: str, amount: torch.Tensor) -> None:
+        self.shared[site] = self.shared.get(site, 0.0) + float(amount.detach().double().sum())
 
     def reset(self) -> None:
         self.by_site.clear()
+        self.shared.clear()
 
-    def row(self, index: int, *, input_relevance: float, value: float) -> "LedgerReport":
-        sites = {site: float(t[index] if t.numel() > 1 else t[0]) for site, t in self.by_site.items()}
+    def totals(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Absorbed relevance per site and batch row, shape ``(batch_size,)`` each."""
+        folded: dict[str, torch.Tensor] = {}
+        for key, amount in self.by_site.items():
+            site = key.split("#")[0]
+            if amount.numel() % batch_size:
+                raise ValueError(
+                    f"relevance absorbed at '{site}' has {amount.numel()} rows, not a multiple of the batch "
+                    f"size {batch_size}; explain these prompts one at a time"
+                )
+            rows = amount.reshape(batch_size, -1).sum(dim=1)
+            folded[site] = folded[site] + rows if site in folded else rows
+        for site, amount in self.shared.items():
+            if batch_size != 1 and amount != 0.0:
+                raise ValueError(
+                    f"relevance absorbed at '{site}' is shared by all prompts of the batch and cannot be split "
+                    "per prompt; explain these prompts one at a time"
+                )
+            value = torch.tensor([amount], dtype=torch.float64)
+            folded[site] = folded[site] + value if site in folded else value
+        return folded
+
+    def row(self, index: int, *, input_relevance: float, value: float, batch_size: int = 1) -> "LedgerReport":
+        sites = {site: float(rows[index]) for site, rows in self.totals(batch_size).items()}
         return LedgerReport(input=input_relevance, absorbed=sum(sites.values()), value=value, by_site=sites)
+
+
+class _SharedSink:
+    """Adapter: a rule's per-row report of a tensor without batch dimension goes to ``Ledger.shared``."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def absorb(self, site: str, amount: torch.Tensor) -> None:
+        self.ledger.absorb_shared(site, amount)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from . import rules
-from .audit import Audit, Ledger, UnhandledOp, UnhandledOperationError
+from .audit import Audit, Ledger, UnhandledOp, UnhandledOperationError, _SharedSink
 
 METHODS = ("attnlrp", "cp-lrp", "input-x-gradient", "gradient")
 LRP_METHODS = ("attnlrp", "cp-lrp")
@@ -33,18 +33,21 @@ _MISSING = object()
 # Operations that are linear in their input-dependent arguments (or merely move, select or cast them).
 LINEAR_OPS = frozenset(
     """
-    __getitem__ __setitem__ __get__ add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_ neg
-    __neg__ contiguous expand expand_as mean sum reshape view view_as to type float double half bfloat16
+    __getitem__ __setitem__ __get__ neg __neg__ contiguous expand expand_as mean sum reshape view view_as to type float double half bfloat16
     transpose permute t cat concat concatenate stack hstack vstack linear dropout embedding conv1d conv2d conv3d
     addmm flatten unflatten squeeze unsqueeze split split_with_sizes chunk tensor_split narrow select
     index_select gather masked_fill masked_fill_ where pad roll flip clone detach repeat repeat_interleave tile
     unbind movedim moveaxis swapaxes swapdims __pos__ copy_ zero_ fill_ index_add index_copy scatter scatter_add
     cumsum diagonal tril triu new_zeros new_empty new_ones zeros_like ones_like empty_like full_like
-    as_strided unfold requires_grad_ retain_grad cpu cuda pin_memory narrow_copy index_put index_put_
+    as_strided unfold requires_grad_ retain_grad cpu cuda pin_memory narrow_copy index_put index_put_ type_as
+    index_add_ topk sort
     """.split()
 )
 
-PRODUCT_OPS = frozenset("mul __mul__ __rmul__ __imul__ multiply matmul __matmul__ __rmatmul__ bmm mm einsum".split())
+PRODUCT_OPS = frozenset(
+    "mul mul_ __mul__ __rmul__ __imul__ multiply matmul __matmul__ __rmatmul__ bmm mm einsum _grouped_mm grouped_mm".split()
+)
+ADDITION_OPS = frozenset("add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_".split())
 DIVISION_OPS = frozenset("div __truediv__ __itruediv__ div_ true_divide divide".split())
 SOFTMAX_OPS = frozenset({"softmax"})
 ATTENTION_OPS = frozenset({"scaled_dot_product_attention"})
@@ -55,7 +58,10 @@ NORM_STATISTIC_OPS = frozenset(
     "rsqrt sqrt pow __pow__ square var std var_mean std_mean norm vector_norm reciprocal".split()
 )
 FUNCTIONAL_NORMS = frozenset({"layer_norm", "rms_norm", "normalize"})
-ROLE_PRESERVING_OPS = frozenset("to type float half bfloat16 double contiguous dropout clone".split())
+ROLE_PRESERVING_OPS = frozenset(
+    "to type type_as float half bfloat16 double contiguous dropout clone view reshape __getitem__ transpose permute "
+    "expand".split()
+)
 
 _ACTIVATION_MODULE_HOMES = ("transformers.activations", "torch.nn.modules.activation")
 _NOT_ELEMENTWISE = {"Softmax", "Softmin", "LogSoftmax", "Softmax2d", "MultiheadAttention", "GLU", "ClassInstantier"}
@@ -114,6 +120,8 @@ class _RuleMode(TorchFunctionMode):
                 if role is not None:
                     setattr(out, _ROLE, role)
             return out
+        if name in ADDITION_OPS:
+            return ctx.addition(func, name, args, kwargs)
         if name in PRODUCT_OPS:
             return ctx.product(func, name, args, kwargs)
         if name in DIVISION_OPS:
@@ -164,7 +172,11 @@ class LRPContext(AbstractContextManager):
         self.audit = Audit()
         self.ledger = Ledger()
         self.absorber_leaves: list[torch.Tensor] = []
+        #: rows of the explained batch, when known: additive embeddings computed once for all rows are then
+        #: expanded to one copy per row, so the ledger stays per row
+        self.batch_size: int | None = None
         self.norm_depth = 0
+        self._hooked_biases: set[int] = set()
         self._module_stack: list[tuple[str, nn.Module]] = []
         self._mode = _RuleMode(self)
         self._mode_depth = 0
@@ -230,6 +242,8 @@ class LRPContext(AbstractContextManager):
             if isinstance(bias, torch.Tensor) and bias.dim() == 1 and not is_activation_module(module):
                 handle = module.register_forward_hook(self._bias_hook(bias, channel_dim=_bias_dim(module)))
                 self._undo.append(handle.remove)
+                self._hooked_biases.add(id(bias))
+        self._undo.append(self._hooked_biases.clear)
 
     def _override_forward(self, module: nn.Module, forward: Callable) -> None:
         """Per-instance forward; restores whatever instance attribute (e.g. accelerate's) was there before."""
@@ -286,10 +300,14 @@ class LRPContext(AbstractContextManager):
         """Additive embeddings (positions, token types, relative position bias) take relevance like a bias."""
         if not torch.is_grad_enabled() or not output.is_floating_point():
             return output
+        rows = self.batch_size
+        if rows is not None and output.dim() >= 2 and output.shape[0] == 1 and rows > 1:
+            output = output.expand(rows, *output.shape[1:])  # positions computed once for the whole batch
         leaf = output.detach().requires_grad_(True)
         self.absorber_leaves.append(leaf)
         self.audit.cover("absorbs like a bias", type(module).__name__)
-        return rules.tap(leaf, self.ledger, "embeddings", +1.0)
+        batched = rows is None or (output.dim() >= 2 and output.shape[0] == rows)
+        return rules.tap(leaf, self.ledger if batched else _SharedSink(self.ledger), "embeddings", +1.0)
 
     def _bias_hook(self, bias: torch.Tensor, channel_dim: int):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -303,6 +321,36 @@ class LRPContext(AbstractContextManager):
         return hook
 
     # ----------------------------------------------------------------------------------------------- rules
+    def addition(self, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
+        """A sum is linear, but a constant addend (ALiBi, a class token, a mask) absorbs ``c · ĝ``: count it."""
+        out = func(*args, **kwargs)
+        if len(args) < 2 or not isinstance(out, torch.Tensor) or not out.requires_grad:
+            return out
+        first, second = args[0], args[1]
+        if _requires_grad(first) == _requires_grad(second):
+            return out  # both input-dependent (a residual sum), or neither
+        constant = second if _requires_grad(first) else first
+        if not isinstance(constant, (torch.Tensor, int, float)) or id(constant) in self._hooked_biases:
+            return out  # module biases are counted by their module's hook
+        if isinstance(constant, torch.Tensor) and not constant.is_floating_point():
+            return out
+        sign = -1.0 if name in ("sub", "__sub__", "__isub__", "sub_") and constant is second else 1.0
+        alpha = kwargs.get("alpha", 1.0)
+        if isinstance(constant, torch.Tensor):
+            constant = constant.detach()
+        elif constant == 0:
+            return out
+        factor = sign * (alpha if constant is second else 1.0)
+        self.audit.cover("constant addend absorbs", name)
+        ledger = self.ledger
+
+        def absorb(grad: torch.Tensor) -> None:
+            c = constant if isinstance(constant, torch.Tensor) else torch.tensor(constant, dtype=grad.dtype)
+            ledger.absorb("constants", factor * rules.per_row_sum(rules.relevance_of(c.to(grad.device), grad)))
+
+        out.register_hook(absorb)
+        return out
+
     def product(self, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
         if name == "einsum":
             equation, operands = args[0], args[1:]
@@ -313,6 +361,10 @@ class LRPContext(AbstractContextManager):
         dependent = [i for i, a in enumerate(operands) if _requires_grad(a)]
         if len(dependent) < 2:
             return func(*args, **kwargs)  # linear: one factor is a constant
+        if name.endswith("_") and not name.endswith("__"):
+            out = func(*args, **kwargs)  # an in-place product cannot take the uniform rule
+            self.flag(name)
+            return out
         if name == "__imul__":
             name, func = "mul", torch.mul  # the rule's result is rebound by `x *= y`
         self.audit.cover(f"product ({self.method})", name)

@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import nn
 
-from .audit import UnhandledOperationError
 from .engine import LRPContext, METHODS
 from .errors import ExplainError
 from .explanation import Explanation, Target
@@ -219,11 +218,9 @@ class Explainer:
             ids[row, : len(p)] = torch.tensor(p.input_ids, dtype=torch.long, device=device)
             mask[row, : len(p)] = 1
         accepted = inspect.signature(self.model.forward).parameters
+        # right padding: every row's real tokens keep the positions they have alone (the model's own default
+        # position ids, e.g. RoBERTa's offset by the padding index, stay in charge)
         inputs = {"input_ids": ids, "attention_mask": mask}
-        if "position_ids" in accepted:
-            inputs["position_ids"] = torch.arange(length, device=device).expand(len(prepared), length)
-        if "token_type_ids" in accepted and getattr(self.model.config, "type_vocab_size", 0):
-            inputs["token_type_ids"] = torch.zeros_like(ids)
         if "use_cache" in accepted:
             inputs["use_cache"] = False
         return inputs
@@ -239,10 +236,8 @@ class Explainer:
         leaf = embeds.detach().to(leaf_dtype).requires_grad_(True)
         model_input = leaf if embeds.dtype == leaf_dtype else leaf.to(embeds.dtype)
         with torch.enable_grad(), LRPContext(self.model, self.method, strict=self.strict) as ctx:
-            try:
-                output = self.model(inputs_embeds=model_input, **inputs)
-            except UnhandledOperationError:
-                raise
+            ctx.batch_size = len(prepared)
+            output = self.model(inputs_embeds=model_input, **inputs)
             values, resolved = self._values(output, prepared, ids, targets, contrasts, positions, vocab_size)
             if not torch.isfinite(values.detach()).all():
                 raise ExplainError(
@@ -281,7 +276,9 @@ class Explainer:
                     target=resolved[row],
                     value=value,
                     method=self.method,
-                    ledger=ctx.ledger.row(row, input_relevance=input_relevance, value=value),
+                    ledger=ctx.ledger.row(
+                        row, input_relevance=input_relevance, value=value, batch_size=len(prepared)
+                    ),
                     special=list(p.special),
                     word_ids=list(p.word_ids),
                     prompt=p.text,
