@@ -53,6 +53,11 @@ class UnhandledOperationError(RuntimeError):
     """Raised in strict mode when a non-linear operation ran without a rule."""
 
 
+class SharedAbsorptionError(ValueError):
+    """Relevance was absorbed by a tensor shared by all rows of a batch (T5's relative position bias), so
+    per-row ledgers need one pass per row."""
+
+
 class Ledger:
     """Accumulates the relevance absorbed at each kind of site during backward passes.
 
@@ -95,7 +100,7 @@ class Ledger:
             folded[site] = folded[site] + rows if site in folded else rows
         for site, amount in self.shared.items():
             if batch_size != 1 and amount != 0.0:
-                raise ValueError(
+                raise SharedAbsorptionError(
                     f"relevance absorbed at '{site}' is shared by all prompts of the batch and cannot be split "
                     "per prompt; explain these prompts one at a time"
                 )

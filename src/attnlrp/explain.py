@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .engine import LRPContext, METHODS
+from .audit import SharedAbsorptionError
 from .errors import ExplainError
 from .explanation import Explanation, Target
 from .tokens import TokenizedPrompt, from_ids, tokenize
@@ -27,17 +28,16 @@ TargetSpec = Union[None, int, str, Callable[[Any], torch.Tensor]]
 class _Head:
     """How to read the explained value from a model's output."""
 
-    kind: str  # "causal-lm", "masked-lm", "seq-cls"
+    kind: str  # "causal-lm", "masked-lm", "seq-cls", "seq2seq", "custom"
 
 
 def _head_of(model: nn.Module) -> _Head:
     name = type(model).__name__
     config = getattr(model, "config", None)
     if getattr(config, "is_encoder_decoder", False):
-        raise ExplainError(
-            f"{name} is an encoder-decoder model; explaining those is not supported yet "
-            "(decoder-only, encoder and classification models are)."
-        )
+        if name.endswith(("ForConditionalGeneration", "ForSeq2SeqLM")) or hasattr(model, "lm_head"):
+            return _Head("seq2seq")
+        raise ExplainError(f"{name}: only encoder-decoders with a language-model head can be explained")
     if name.endswith("ForSequenceClassification"):
         return _Head("seq-cls")
     if name.endswith("ForMaskedLM"):
@@ -164,6 +164,7 @@ class Explainer:
         self.model_name = model_name or getattr(getattr(model, "config", None), "_name_or_path", None) or None
         self._embedding = _check_model(model)
         self._head = _head_of(model)
+        self._batch_shares_absorbers = False
 
     @property
     def head_kind(self) -> str:
@@ -180,9 +181,17 @@ class Explainer:
         target: TargetSpec = None,
         contrast: int | str | None = None,
         position: int | None = None,
+        decoder_prefix: Prompt | None = None,
     ) -> Explanation:
-        """Explain one prompt. ``target``: a token (string or id), a class, or a callable on the output."""
-        return self.explain_batch([prompt], target=target, contrast=contrast, position=position)[0]
+        """Explain one prompt. ``target``: a token (string or id), a class, or a callable on the output.
+
+        Encoder-decoder models explain a decoder token over the encoder input *and* the decoder prefix
+        (``decoder_prefix``: text or ids after the decoder start token; default empty).
+        """
+        return self.explain_batch(
+            [prompt], target=target, contrast=contrast, position=position,
+            decoder_prefix=None if decoder_prefix is None else [decoder_prefix],
+        )[0]
 
     def explain_batch(
         self,
@@ -191,69 +200,117 @@ class Explainer:
         target: TargetSpec | Sequence[TargetSpec] = None,
         contrast: int | str | None | Sequence[int | str | None] = None,
         position: int | None | Sequence[int | None] = None,
+        decoder_prefix: Sequence[Prompt | None] | None = None,
     ) -> list[Explanation]:
         """Explain several prompts in one padded forward and backward pass; each row as if alone."""
         if isinstance(prompts, (str, torch.Tensor)) or not isinstance(prompts, Sequence) or not prompts:
             raise ExplainError("explain_batch takes a non-empty list of prompts")
+        rows = len(prompts)
         prepared = [_prepare(self.tokenizer, p, self.add_special_tokens) for p in prompts]
+        segments = [_Segment("input", prepared, "inputs_embeds", "attention_mask")]
+        if self._head.kind == "seq2seq":
+            prefixes = _per_row(decoder_prefix, rows, "decoder_prefix")
+            decoder = [self._decoder_prompt(prefix) for prefix in prefixes]
+            segments = [_Segment("encoder", prepared, "inputs_embeds", "attention_mask"),
+                        _Segment("decoder", decoder, "decoder_inputs_embeds", "decoder_attention_mask")]
+        elif decoder_prefix is not None:
+            raise ExplainError("decoder_prefix is only for encoder-decoder models")
         limit = _max_length(self.model, self.tokenizer)
-        for p in prepared:
-            if limit is not None and len(p) > limit:
-                raise ExplainError(
-                    f"the prompt is {len(p)} tokens long but the model takes at most {limit}; shorten it"
-                )
-        targets = _per_row(target, len(prepared), "target")
-        contrasts = _per_row(contrast, len(prepared), "contrast")
-        positions = _per_row(position, len(prepared), "position")
-        return self._run(prepared, targets, contrasts, positions)
+        for segment in segments:
+            for p in segment.rows:
+                if limit is not None and len(p) > limit:
+                    raise ExplainError(
+                        f"the {segment.name if segment.name != 'input' else 'prompt'} is {len(p)} tokens long but "
+                        f"the model takes at most {limit}; shorten it"
+                    )
+        targets = _per_row(target, rows, "target")
+        contrasts = _per_row(contrast, rows, "contrast")
+        positions = _per_row(position, rows, "position")
+        if rows > 1 and not self._batch_shares_absorbers:
+            try:
+                return self._run(segments, targets, contrasts, positions)
+            except SharedAbsorptionError:
+                # the model adds a tensor computed once for the whole batch (T5's relative position bias):
+                # its absorbed relevance cannot be split per row, so rows run one at a time from now on
+                self._batch_shares_absorbers = True
+        if rows == 1:
+            return self._run(segments, targets, contrasts, positions)
+        return [
+            self._run([_Segment(s.name, [s.rows[r]], s.embeds_kwarg, s.mask_kwarg) for s in segments],
+                      [targets[r]], [contrasts[r]], [positions[r]])[0]
+            for r in range(rows)
+        ]
 
     # --------------------------------------------------------------------------------------------- internals
-    def _inputs(self, prepared: list[TokenizedPrompt]) -> dict[str, torch.Tensor]:
-        device = self._embedding.weight.device if hasattr(self._embedding, "weight") else torch.device("cpu")
-        length = max(len(p) for p in prepared)
+    def _decoder_prompt(self, prefix: Prompt | None) -> TokenizedPrompt:
+        """The decoder's input: its start token, then the prefix (text without special tokens, or ids)."""
+        start = getattr(self.model.config, "decoder_start_token_id", None)
+        if start is None:
+            raise ExplainError(f"{type(self.model).__name__} has no decoder_start_token_id in its config")
+        if prefix is None or (isinstance(prefix, str) and prefix == ""):
+            body = None
+        elif isinstance(prefix, str):
+            body = tokenize(self.tokenizer, prefix, add_special_tokens=False)
+        else:
+            body = from_ids(self.tokenizer, prefix)
+        head = from_ids(self.tokenizer, [start])
+        head = TokenizedPrompt(head.input_ids, head.tokens, [True], [0], None)
+        if body is None:
+            return head
+        return TokenizedPrompt(
+            head.input_ids + body.input_ids, head.tokens + body.tokens, head.special + body.special,
+            [0] + [w + 1 for w in body.word_ids], body.text,
+        )
+
+    def _pad(self, rows: list[TokenizedPrompt], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right padding: every row's real tokens keep the positions (and the model's own default position
+        ids, e.g. RoBERTa's offset by the padding index) they have alone."""
+        length = max(len(p) for p in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(prepared), length), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((len(prepared), length), dtype=torch.long, device=device)
-        for row, p in enumerate(prepared):
+        ids = torch.full((len(rows), length), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(rows), length), dtype=torch.long, device=device)
+        for row, p in enumerate(rows):
             ids[row, : len(p)] = torch.tensor(p.input_ids, dtype=torch.long, device=device)
             mask[row, : len(p)] = 1
-        accepted = inspect.signature(self.model.forward).parameters
-        # right padding: every row's real tokens keep the positions they have alone (the model's own default
-        # position ids, e.g. RoBERTa's offset by the padding index, stay in charge)
-        inputs = {"input_ids": ids, "attention_mask": mask}
-        if "use_cache" in accepted:
-            inputs["use_cache"] = False
-        return inputs
+        return ids, mask
 
-    def _run(self, prepared, targets, contrasts, positions) -> list[Explanation]:
-        inputs = self._inputs(prepared)
-        ids = inputs.pop("input_ids")
+    def _run(self, segments: list["_Segment"], targets, contrasts, positions) -> list[Explanation]:
+        device = self._embedding.weight.device if hasattr(self._embedding, "weight") else torch.device("cpu")
         vocab_size = self._embedding.weight.shape[0] if hasattr(self._embedding, "weight") else len(self.tokenizer)
-        with torch.no_grad():
-            embeds = self._embedding(ids)
-        # relevance is read in fp32 even when the model runs in half precision
-        leaf_dtype = torch.float32 if embeds.dtype in (torch.float16, torch.bfloat16) else embeds.dtype
-        leaf = embeds.detach().to(leaf_dtype).requires_grad_(True)
-        model_input = leaf if embeds.dtype == leaf_dtype else leaf.to(embeds.dtype)
+        inputs: dict[str, Any] = {}
+        leaves: list[torch.Tensor] = []
+        for segment in segments:
+            ids, mask = self._pad(segment.rows, device)
+            with torch.no_grad():
+                embeds = self._embedding(ids)
+            # relevance is read in fp32 even when the model runs in half precision
+            leaf_dtype = torch.float32 if embeds.dtype in (torch.float16, torch.bfloat16) else embeds.dtype
+            leaf = embeds.detach().to(leaf_dtype).requires_grad_(True)
+            leaves.append(leaf)
+            inputs[segment.embeds_kwarg] = leaf if embeds.dtype == leaf_dtype else leaf.to(embeds.dtype)
+            inputs[segment.mask_kwarg] = mask
+        if "use_cache" in inspect.signature(self.model.forward).parameters:
+            inputs["use_cache"] = False
+        rows = len(segments[0].rows)
+        output_rows = segments[-1].rows  # positions refer to the last segment (the decoder, if any)
         with torch.enable_grad(), LRPContext(self.model, self.method, strict=self.strict) as ctx:
-            ctx.batch_size = len(prepared)
-            output = self.model(inputs_embeds=model_input, **inputs)
-            values, resolved = self._values(output, prepared, ids, targets, contrasts, positions, vocab_size)
+            ctx.batch_size = rows
+            output = self.model(**inputs)
+            values, resolved = self._values(output, output_rows, targets, contrasts, positions, vocab_size)
             if not torch.isfinite(values.detach()).all():
                 raise ExplainError(
                     "the model produced a non-finite value (NaN or inf) for the target; check the model's "
                     "weights and dtype (fp16 overflows easily: try bfloat16 or float32)"
                 )
-            grads = torch.autograd.grad(values.sum(), [leaf, *ctx.absorber_leaves], allow_unused=True)
-        grad = grads[0] if grads[0] is not None else torch.zeros_like(leaf)
-        if not torch.isfinite(grad).all():
-            raise ExplainError("relevance is not finite (NaN/inf in the backward pass); try float32")
-        leaf = leaf.detach()
-        if self.method == "gradient":
-            scores = grad.double().norm(dim=-1)
-        else:
-            scores = (leaf.double() * grad.double()).sum(dim=-1)
-        input_totals = (leaf.double() * grad.double()).sum(dim=-1)
+            grads = torch.autograd.grad(values.sum(), [*leaves, *ctx.absorber_leaves], allow_unused=True)
+        per_segment = []
+        for leaf, grad in zip(leaves, grads):
+            grad = torch.zeros_like(leaf) if grad is None else grad
+            if not torch.isfinite(grad).all():
+                raise ExplainError("relevance is not finite (NaN/inf in the backward pass); try float32")
+            totals = (leaf.detach().double() * grad.double()).sum(dim=-1)
+            scores = grad.double().norm(dim=-1) if self.method == "gradient" else totals
+            per_segment.append((scores, totals))
         unhandled = ctx.audit.unhandled_list()
         covered = ctx.audit.covered_table()
         if unhandled and self.method in ("attnlrp", "cp-lrp"):
@@ -264,32 +321,32 @@ class Explainer:
                 stacklevel=3,
             )
         explanations = []
-        for row, p in enumerate(prepared):
-            n = len(p)
+        for row in range(rows):
+            parts = [(segment, segment.rows[row]) for segment in segments]
             value = float(values[row].detach().double())
-            input_relevance = float(input_totals[row, :n].sum())
+            input_relevance = sum(float(t[row, : len(p)].sum()) for (_, t), (_, p) in zip(per_segment, parts))
+            prompt_row = segments[0].rows[row]
             explanations.append(
                 Explanation(
-                    tokens=list(p.tokens),
-                    token_ids=list(p.input_ids),
-                    relevance=scores[row, :n].float().cpu(),
+                    tokens=[t for _, p in parts for t in p.tokens],
+                    token_ids=[i for _, p in parts for i in p.input_ids],
+                    relevance=torch.cat([s[row, : len(p)] for (s, _), (_, p) in zip(per_segment, parts)]).float().cpu(),
                     target=resolved[row],
                     value=value,
                     method=self.method,
-                    ledger=ctx.ledger.row(
-                        row, input_relevance=input_relevance, value=value, batch_size=len(prepared)
-                    ),
-                    special=list(p.special),
-                    word_ids=list(p.word_ids),
-                    prompt=p.text,
+                    ledger=ctx.ledger.row(row, input_relevance=input_relevance, value=value, batch_size=rows),
+                    special=[f for _, p in parts for f in p.special],
+                    word_ids=_chain_word_ids([p.word_ids for _, p in parts]),
+                    prompt=prompt_row.text,
                     model_name=self.model_name,
                     unhandled=unhandled,
                     covered=covered,
+                    segments=[] if len(parts) == 1 else [seg.name for seg, p in parts for _ in p.input_ids],
                 )
             )
         return explanations
 
-    def _values(self, output, prepared, ids, targets, contrasts, positions, vocab_size):
+    def _values(self, output, prepared, targets, contrasts, positions, vocab_size):
         """The explained scalar per row, and a ``Target`` describing it."""
         logits = getattr(output, "logits", None)
         values, resolved = [], []
@@ -322,7 +379,7 @@ class Explainer:
                     if not hits:
                         raise ExplainError("no mask token in the prompt: add one or pass position=")
                     position, kind = hits[0], "masked-token"
-                else:
+                else:  # the next token (after the decoder prefix, for encoder-decoders)
                     position, kind = len(p) - 1, "next-token"
             if not -len(p) <= position < len(p):
                 raise ExplainError(f"position {position} is outside the prompt of {len(p)} tokens")
@@ -353,6 +410,26 @@ class Explainer:
         return torch.stack([v.to(torch.float64) for v in values]), resolved
 
 
+@dataclass(frozen=True)
+class _Segment:
+    """One embedded input of the model: the prompt, or an encoder-decoder's encoder or decoder side."""
+
+    name: str
+    rows: list[TokenizedPrompt]
+    embeds_kwarg: str
+    mask_kwarg: str
+
+
+def _chain_word_ids(parts: list[list[int]]) -> list[int]:
+    """Word indices of consecutive segments, renumbered so that no word spans two segments."""
+    chained: list[int] = []
+    offset = 0
+    for word_ids in parts:
+        chained.extend(w + offset for w in word_ids)
+        offset = (max(chained) + 1) if chained else 0
+    return chained
+
+
 def _per_row(spec: Any, rows: int, what: str) -> list[Any]:
     if isinstance(spec, (list, tuple)):
         if len(spec) != rows:
@@ -370,8 +447,9 @@ def explain(
     target: TargetSpec = None,
     contrast: int | str | None = None,
     position: int | None = None,
+    decoder_prefix: Prompt | None = None,
     strict: bool = False,
 ) -> Explanation:
     """Explain one prompt with ``method`` (``attnlrp``, ``cp-lrp``, ``input-x-gradient``, ``gradient``)."""
     explainer = Explainer(model, tokenizer, method=method, strict=strict)
-    return explainer.explain(prompt, target=target, contrast=contrast, position=position)
+    return explainer.explain(prompt, target=target, contrast=contrast, position=position, decoder_prefix=decoder_prefix)

@@ -65,11 +65,31 @@ class Explanation:
     model_name: str | None = None
     unhandled: list[dict] = field(default_factory=list)  # non-linear operations that ran without a rule
     covered: list[dict] = field(default_factory=list)  # which rule covered which operation, with counts
+    segments: list[str] = field(default_factory=list)  # per token, for encoder-decoders: "encoder" / "decoder"
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     # ------------------------------------------------------------------------------------------ aggregation
+    def part(self, segment: str) -> tuple[list[str], torch.Tensor]:
+        """Tokens and relevance of one segment ("encoder" or "decoder") of an encoder-decoder explanation."""
+        if not self.segments:
+            raise ValueError("this explanation has a single input; use .tokens and .relevance")
+        index = [i for i, s in enumerate(self.segments) if s == segment]
+        if not index:
+            raise ValueError(f"no segment {segment!r}; segments are {sorted(set(self.segments))}")
+        return [self.tokens[i] for i in index], self.relevance[index]
+
+    def segment_totals(self) -> dict[str, float]:
+        """Input relevance per segment (one entry, "input", for single-input models)."""
+        if not self.segments:
+            return {"input": float(self.relevance.double().sum())}
+        totals: dict[str, float] = {}
+        for name, r in zip(self.segments, self.relevance.tolist()):
+            totals[name] = totals.get(name, 0.0) + r
+        return totals
+
+
     def words(self) -> list[tuple[str, float]]:
         """Words with the *sum* of their tokens' relevance (sums keep the ledger balanced)."""
         return words(self.tokens, self.word_ids or list(range(len(self.tokens))), self.relevance.tolist())
@@ -98,6 +118,8 @@ class Explanation:
             "ledger": self.ledger.to_dict(),
             "unhandled": list(self.unhandled),
             "covered": list(self.covered),
+            "segments": list(self.segments),
+            "segment_totals": self.segment_totals(),
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -116,15 +138,25 @@ class Explanation:
         }
         if self.model_name:
             details = {"model": self.model_name, **details}
+        if self.segments:
+            details["relevance by segment"] = ", ".join(f"{k} {v:+.4f}" for k, v in self.segment_totals().items())
         if self.unhandled:
             details["unhandled operations"] = ", ".join(f"{u['operation']} in {u['module']}" for u in self.unhandled)
         return details
+
+    def _display_tokens(self) -> list[str]:
+        """Tokens as shown: each segment after the first (the decoder side) starts on a new line."""
+        shown = list(self.tokens)
+        for i in range(1, len(shown)):
+            if self.segments and self.segments[i] != self.segments[i - 1]:
+                shown[i] = "\n" + shown[i]
+        return shown
 
     def to_html(self, *, full_page: bool = True, top_k: int = 10) -> str:
         from .render import heatmap_html
 
         return heatmap_html(
-            self.tokens,
+            self._display_tokens(),
             self.relevance.tolist(),
             title=f"{self.method}: {self.target.describe()}",
             details=self._details(),
@@ -143,7 +175,7 @@ class Explanation:
         from .render import heatmap_terminal, ranking_table
 
         lines = [f"{k}: {v}" for k, v in self._details().items()]
-        lines += ["", heatmap_terminal(self.tokens, self.relevance.tolist(), color=color), ""]
+        lines += ["", heatmap_terminal(self._display_tokens(), self.relevance.tolist(), color=color), ""]
         lines.append(ranking_table(self.tokens, self.relevance.tolist(), top_k=top_k))
         return "\n".join(lines)
 

@@ -152,7 +152,7 @@ ARCHITECTURES: dict[str, Arch] = {a.name: a for a in [
          _bert_like(embedding_size=16)),
 ]}
 
-#: Not explained yet (explain() refuses encoder-decoders; images need a pixel entry point): built for later.
+#: Encoder-decoders (tests/architectures/test_encoder_decoder.py) and vision (images need a pixel entry point).
 LATER: dict[str, Arch] = {a.name: a for a in [
     Arch("t5", "encoder-decoder", "T5ForConditionalGeneration", "T5Config", lambda: dict(
         vocab_size=VOCAB, d_model=HIDDEN, d_kv=8, d_ff=INTER, num_layers=LAYERS, num_decoder_layers=LAYERS,
