@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import types
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -34,7 +35,7 @@ _MISSING = object()
 LINEAR_OPS = frozenset(
     """
     __getitem__ __setitem__ __get__ neg __neg__ contiguous expand expand_as mean sum reshape view view_as to type float double half bfloat16
-    transpose permute t cat concat concatenate stack hstack vstack linear dropout embedding conv1d conv2d conv3d
+    transpose permute t stack hstack vstack linear dropout embedding conv1d conv2d conv3d
     addmm flatten unflatten squeeze unsqueeze split split_with_sizes chunk tensor_split narrow select
     index_select gather masked_fill masked_fill_ where pad roll flip clone detach repeat repeat_interleave tile
     unbind movedim moveaxis swapaxes swapdims __pos__ copy_ zero_ fill_ index_add index_copy scatter scatter_add
@@ -58,6 +59,7 @@ NORM_STATISTIC_OPS = frozenset(
     "rsqrt sqrt pow __pow__ square var std var_mean std_mean norm vector_norm reciprocal".split()
 )
 FUNCTIONAL_NORMS = frozenset({"layer_norm", "rms_norm", "normalize"})
+CONCATENATION_OPS = frozenset("cat concat concatenate".split())
 ROLE_PRESERVING_OPS = frozenset(
     "to type type_as float half bfloat16 double contiguous dropout clone view reshape __getitem__ transpose permute "
     "expand".split()
@@ -122,6 +124,8 @@ class _RuleMode(TorchFunctionMode):
             return out
         if name in ADDITION_OPS:
             return ctx.addition(func, name, args, kwargs)
+        if name in CONCATENATION_OPS:
+            return ctx.concatenation(func, name, args, kwargs)
         if name in PRODUCT_OPS:
             return ctx.product(func, name, args, kwargs)
         if name in DIVISION_OPS:
@@ -161,7 +165,14 @@ class LRPContext(AbstractContextManager):
     ``strict=True`` raises ``UnhandledOperationError`` at the first non-linear operation without a rule.
     """
 
-    def __init__(self, model: nn.Module, method: str = "attnlrp", *, strict: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "attnlrp",
+        *,
+        strict: bool = False,
+        gamma: Mapping[str | type, float] | None = None,
+    ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
         if not isinstance(model, nn.Module):
@@ -169,6 +180,7 @@ class LRPContext(AbstractContextManager):
         self.model = model
         self.method = method
         self.strict = strict
+        self.gamma = _check_gamma(gamma)
         self.audit = Audit()
         self.ledger = Ledger()
         self.absorber_leaves: list[torch.Tensor] = []
@@ -235,6 +247,10 @@ class LRPContext(AbstractContextManager):
             self._undo.extend([pre.remove, post.remove])
             if use_rules and is_activation_module(module):
                 self._override_forward(module, self._identity_forward(module))
+            gamma = self._gamma_for(module) if use_rules else None
+            if gamma is not None:
+                self._override_forward(module, self._gamma_forward(module, gamma))
+                continue  # the γ-rule reports what the bias absorbs itself
             if isinstance(module, nn.Embedding) and module is not input_embedding:
                 handle = module.register_forward_hook(self._absorbing_embedding_hook)
                 self._undo.append(handle.remove)
@@ -296,6 +312,31 @@ class LRPContext(AbstractContextManager):
 
         return forward
 
+    def _gamma_for(self, module: nn.Module) -> float | None:
+        for key, value in self.gamma.items():
+            matches = isinstance(module, key) if isinstance(key, type) else type(module).__name__ == key
+            if matches:
+                if not isinstance(module, GAMMA_MODULES):
+                    raise TypeError(
+                        f"the γ-rule applies to {', '.join(c.__name__ for c in GAMMA_MODULES)} layers, not "
+                        f"{type(module).__name__}"
+                    )
+                return value
+        return None
+
+    def _gamma_forward(self, module: nn.Module, gamma: float) -> Callable:
+        original = module.forward
+        linear = F.linear if isinstance(module, nn.Linear) else module._conv_forward
+        label = f"{type(module).__name__} (γ={gamma})"
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if not _requires_grad(x):
+                return original(x)
+            self.audit.cover("γ-rule", label)
+            return rules.gamma_rule(linear, x, module.weight, module.bias, gamma, sink=self.ledger)
+
+        return forward
+
     def _absorbing_embedding_hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         """Additive embeddings (positions, token types, relative position bias) take relevance like a bias."""
         if not torch.is_grad_enabled() or not output.is_floating_point():
@@ -347,6 +388,34 @@ class LRPContext(AbstractContextManager):
         def absorb(grad: torch.Tensor) -> None:
             c = constant if isinstance(constant, torch.Tensor) else torch.tensor(constant, dtype=grad.dtype)
             ledger.absorb("constants", factor * rules.per_row_sum(rules.relevance_of(c.to(grad.device), grad)))
+
+        out.register_hook(absorb)
+        return out
+
+    def concatenation(self, func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
+        """Joining is linear, but a constant piece (ViT's class token) takes relevance: count it."""
+        out = func(*args, **kwargs)
+        pieces = args[0] if args else kwargs.get("tensors", ())
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if not isinstance(out, torch.Tensor) or not out.requires_grad or dim % out.dim() == 0:
+            return out
+        constants, offset = [], 0
+        for piece in pieces:
+            if piece.dim() != out.dim():
+                continue  # the legacy empty 1-D tensor that cat skips
+            size = piece.shape[dim]
+            if not _requires_grad(piece) and piece.is_floating_point():
+                constants.append((offset, size, piece.detach()))
+            offset += size
+        if not constants:
+            return out
+        self.audit.cover("constant piece absorbs", name)
+        ledger = self.ledger
+
+        def absorb(grad: torch.Tensor) -> None:
+            for start, size, piece in constants:
+                part = rules.relevance_of(piece.expand_as(grad.narrow(dim, start, size)), grad.narrow(dim, start, size))
+                ledger.absorb("constants", rules.per_row_sum(part))
 
         out.register_hook(absorb)
         return out
@@ -424,6 +493,23 @@ class LRPContext(AbstractContextManager):
         self.audit.flag(unhandled)
 
 
+GAMMA_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _check_gamma(gamma: Mapping[str | type, float] | None) -> dict[str | type, float]:
+    """γ per layer type, e.g. ``{"Conv2d": 0.25, "Linear": 0.05}`` (class names or classes)."""
+    if gamma is None:
+        return {}
+    if not isinstance(gamma, Mapping):
+        raise TypeError("gamma maps layer types to values, e.g. {'Conv2d': 0.25, 'Linear': 0.05}")
+    for key, value in gamma.items():
+        if not isinstance(key, (str, type)):
+            raise TypeError(f"gamma keys are layer class names or classes, got {key!r}")
+        if not isinstance(value, (int, float)) or value < 0 or value != value:
+            raise ValueError(f"γ for {key} must be a number ≥ 0, got {value!r}")
+    return dict(gamma)
+
+
 _NORM_SIGNATURES = {
     "layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
     "rms_norm": ("input", "normalized_shape", "weight", "eps"),
@@ -454,6 +540,8 @@ def _input_embedding_of(model: nn.Module) -> nn.Module | None:
         return None
 
 
-def lrp(model: nn.Module, method: str = "attnlrp", *, strict: bool = False) -> LRPContext:
+def lrp(
+    model: nn.Module, method: str = "attnlrp", *, strict: bool = False, gamma: Mapping[str | type, float] | None = None
+) -> LRPContext:
     """``with attnlrp.lrp(model): ...`` — the rules of ``method`` on this model, for the block only."""
-    return LRPContext(model, method, strict=strict)
+    return LRPContext(model, method, strict=strict, gamma=gamma)

@@ -162,3 +162,62 @@ def attention_rule(
         if isinstance(mask, torch.Tensor):  # an additive bias enters the scores, after A·v's halving
             kwargs["attn_mask"] = scale_gradient(tap(mask, sink, "attention", -1.0), 0.5)
     return tap(sdpa(q, k, v, **kwargs), sink, "attention", +1.0)
+
+
+class _GammaRule(torch.autograd.Function):
+    """Generalised γ-rule for a linear map ``y = f(x; W, b)`` (Linear, convolution), sign-aware.
+
+    For an output ``y_j > 0`` the positive contributions are amplified: ``x⁺`` sees ``W + γW⁺`` and ``x⁻``
+    sees ``W + γW⁻`` (both give positive ``x·w``); for ``y_j < 0`` the roles swap. ``R(x)`` is each input's
+    share of ``R(y) = y ⊙ ĝ(y)`` in the modified contributions. What the (modified) bias and the stabiliser
+    keep is reported to the sink.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, linear, gamma, sink, y):  # type: ignore[override]
+        ctx.save_for_backward(x, weight, bias, y)
+        ctx.linear, ctx.gamma, ctx.sink = linear, gamma, sink
+        return y.detach()
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        x, weight, bias, y = ctx.saved_tensors
+        linear, gamma = ctx.linear, ctx.gamma
+        w_up, w_down = weight + gamma * weight.clamp(min=0), weight + gamma * weight.clamp(max=0)
+        b_up = b_down = None
+        if bias is not None:
+            b_up, b_down = bias + gamma * bias.clamp(min=0), bias + gamma * bias.clamp(max=0)
+        with torch.enable_grad():
+            x_pos = x.detach().clamp(min=0).requires_grad_(True)
+            x_neg = x.detach().clamp(max=0).requires_grad_(True)
+            z_pos = linear(x_pos, w_up, b_up) + linear(x_neg, w_down, None)  # for outputs y > 0
+            z_neg = linear(x_pos, w_down, b_down) + linear(x_neg, w_up, None)  # for outputs y < 0
+            relevance_y = y * grad_y
+            zero = torch.zeros((), dtype=y.dtype, device=y.device)
+            share_pos = torch.where(y > 0, relevance_y / _stabilise(z_pos.detach()), zero)
+            share_neg = torch.where(y < 0, relevance_y / _stabilise(z_neg.detach()), zero)
+            g_pos, g_neg = torch.autograd.grad((z_pos * share_pos + z_neg * share_neg).sum(), (x_pos, x_neg))
+        grad_x = torch.where(x > 0, g_pos, g_neg)
+        if ctx.sink is not None:
+            ctx.sink.absorb("gamma", per_row_sum(relevance_y) - per_row_sum(x * grad_x))
+        return grad_x, None, None, None, None, None, None
+
+
+def _stabilise(z: torch.Tensor) -> torch.Tensor:
+    return z + STABILISER * torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
+
+
+def gamma_rule(
+    linear: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    gamma: float,
+    sink: AbsorptionSink | None = None,
+) -> torch.Tensor:
+    """``linear(x, weight, bias)`` forward, with the generalised γ-rule backward (see ``_GammaRule``)."""
+    with torch.no_grad():
+        y = linear(x.detach(), weight, bias)
+    if not x.requires_grad:
+        return y
+    return _GammaRule.apply(x, weight.detach(), None if bias is None else bias.detach(), linear, gamma, sink, y)
