@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import attnlrp
+from architectures.support_report import record
 
 pytestmark = pytest.mark.real_model
 
@@ -25,6 +26,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_lisbon_is_most_relevant_and_ledger_balances(smollm2):
     e = attnlrp.explain(smollm2.model, smollm2.tokenizer, LISBON)
+    record("smollm2", e, smollm2.model)
     assert e.target.token == " Portugal"
     assert e.top(1)[0][1].strip() == "Lisbon"
     assert e.unhandled == []
@@ -40,6 +42,7 @@ def test_agrees_with_reference_implementation(smollm2, index, method, key):
     """lxt 2.1 (efficient mode) on the same token ids: scripts/lxt_reference.py made the stored vectors."""
     ref = REFERENCE["prompts"][index]
     e = attnlrp.explain(smollm2.model, smollm2.tokenizer, ref["input_ids"], method=method)
+    record("smollm2", e, smollm2.model)
     expected = torch.tensor(ref[key])
     assert e.target.token_id == ref["target_id"]
     assert e.value == pytest.approx(ref["logit"], rel=1e-5)
@@ -65,6 +68,7 @@ def test_minilm_bert_encoder_ledger_balances():
     # an encoder without a head: explain the first coordinate sum of the [CLS] embedding
     e = attnlrp.explain(loaded.model, loaded.tokenizer, "A man is playing a guitar on the stage.",
                         target=lambda out: out.last_hidden_state[:, 0].sum(-1))
+    record("minilm", e, loaded.model)
     assert e.unhandled == []
     assert {"bias", "embeddings"} <= set(e.ledger.by_site)
     assert e.ledger.balanced(rtol=1e-6), e.ledger

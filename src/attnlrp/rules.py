@@ -27,9 +27,11 @@ class AbsorptionSink(Protocol):
 
 
 def per_row_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over every dimension but the first (the batch), in float64 so ledgers stay exact."""
+    """Sum over every dimension but the first (the batch), in float64 so ledgers stay exact.
+
+    A tensor of fewer than two dimensions has no batch dimension: it is one row."""
     t = t.double()
-    return t.reshape(t.shape[0], -1).sum(dim=1) if t.dim() > 1 else t
+    return t.reshape(t.shape[0], -1).sum(dim=1) if t.dim() > 1 else t.sum().reshape(1)
 
 
 def relevance_of(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from attnlrp import Explainer
 from tiny import word_tokenizer
 
 from .configs import build
+from .support_report import record
 
 NAMES = ["t5", "bart"]
 SOURCE = "paris is the capital of france"
@@ -33,6 +34,7 @@ def decoder_logits(model, tok, source, prefix_ids):
 def test_covered_balanced_and_reported_by_segment(name, method, tok):
     model = build(name, "eager")
     e = attnlrp.explain(model, tok, SOURCE, decoder_prefix=PREFIX, method=method)
+    record(name, e, model)
     prefix_ids = tok(PREFIX, add_special_tokens=False)["input_ids"]
     logits = decoder_logits(model, tok, SOURCE, prefix_ids)
     assert e.target.token_id == int(logits.argmax()) and e.value == pytest.approx(float(logits.max()), rel=1e-12)
