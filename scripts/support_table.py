@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ["tests/architectures", "tests/test_real_models.py"]
+TESTS = ["tests/architectures", "tests/test_real_models.py", "tests/test_lxt_agreement_tiny.py"]
 START, END = "<!-- support-table:start -->", "<!-- support-table:end -->"
 HEADING = "## Supported architectures"
 CORE = ["unhandled", "ledger", "own logit", "eager=sdpa", "padded batch", "reversible", "cp-lrp"]

@@ -354,10 +354,17 @@ class LRPContext(AbstractContextManager):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if not isinstance(output, torch.Tensor) or not output.requires_grad:
                 return
-            shape = [1] * output.dim()
-            shape[channel_dim] = bias.shape[0]
-            b = bias.detach().reshape(shape)
-            output.register_hook(lambda g: self.ledger.absorb("bias", rules.per_row_sum(g * b)))
+            channel = channel_dim % output.dim()
+            b = bias.detach()
+
+            def absorb(g: torch.Tensor) -> None:
+                # Σ b_c ĝ_{…c…} per row: sum ĝ over positions first, then one small dot product
+                others = [d for d in range(1, g.dim()) if d != channel]
+                per_channel = g.sum(dim=others) if others else g
+                dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
+                self.ledger.absorb("bias", (per_channel.to(dtype) @ b.to(dtype)).reshape(-1))
+
+            output.register_hook(absorb)
 
         return hook
 
@@ -387,7 +394,7 @@ class LRPContext(AbstractContextManager):
 
         def absorb(grad: torch.Tensor) -> None:
             c = constant if isinstance(constant, torch.Tensor) else torch.tensor(constant, dtype=grad.dtype)
-            ledger.absorb("constants", factor * rules.per_row_sum(rules.relevance_of(c.to(grad.device), grad)))
+            ledger.absorb("constants", factor * rules.row_relevance(c.to(grad.device).expand_as(grad), grad))
 
         out.register_hook(absorb)
         return out
@@ -414,8 +421,8 @@ class LRPContext(AbstractContextManager):
 
         def absorb(grad: torch.Tensor) -> None:
             for start, size, piece in constants:
-                part = rules.relevance_of(piece.expand_as(grad.narrow(dim, start, size)), grad.narrow(dim, start, size))
-                ledger.absorb("constants", rules.per_row_sum(part))
+                part = grad.narrow(dim, start, size)
+                ledger.absorb("constants", rules.row_relevance(piece.expand_as(part), part))
 
         out.register_hook(absorb)
         return out
