@@ -173,3 +173,18 @@ def test_rule_outputs_can_be_modified_in_place(apply):
     y += 1.0
     (g,) = torch.autograd.grad(y.sum(), x)
     assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("fn, f0", [(torch.sigmoid, 0.5), (F.softplus, math.log(2.0))])
+def test_identity_rule_with_offset_centres_and_books_the_constant(fn, f0):
+    """f(0) ≠ 0: the rule applies to f(x) − f(0) (no pole at 0); f(0) absorbs like a bias."""
+    x = torch.tensor([[-2.0, -1e-9, 0.0, 1e-9, 0.3, 4.0]], dtype=torch.float64, requires_grad=True)
+    seed = torch.randn(1, 6, dtype=torch.float64)
+    ledger = Ledger()
+    y = rules.identity_rule(fn, x, sink=ledger)
+    (g,) = torch.autograd.grad(y, x, seed)
+    centred = fn(x.detach()) - f0
+    # |x| < STABILISER (the ±1e-9 entries) carry ~1e-9 relevance; elsewhere the rule is exact
+    torch.testing.assert_close(x.detach() * g, centred * seed, rtol=1e-9, atol=1e-9)
+    assert g.abs().max() < 1.0  # bounded: (σ(x) − ½)/x ≤ ¼
+    torch.testing.assert_close(ledger.by_site["activation offset"], f0 * seed.sum(dim=1))

@@ -140,7 +140,7 @@ class _RuleMode(TorchFunctionMode):
             return rules.attention_rule(func, *args, method=ctx.method, sink=ctx.ledger, **kwargs)
         if name in ACTIVATION_OPS and args and _requires_grad(args[0]):
             ctx.audit.cover("identity", name)
-            out = rules.identity_rule(lambda t: func(t, *args[1:], **kwargs), args[0])
+            out = rules.identity_rule(lambda t: func(t, *args[1:], **kwargs), args[0], sink=ctx.ledger)
             setattr(out, _ROLE, "activation")
             return out
         if name in FUNCTIONAL_NORMS and args and _requires_grad(args[0]):
@@ -306,7 +306,7 @@ class LRPContext(AbstractContextManager):
             if not _requires_grad(x):
                 return original(x, *args, **kwargs)
             self.audit.cover("identity", label)
-            y = rules.identity_rule(lambda t: original(t, *args, **kwargs), x)
+            y = rules.identity_rule(lambda t: original(t, *args, **kwargs), x, sink=self.ledger)
             setattr(y, _ROLE, "activation")
             return y
 

@@ -55,34 +55,42 @@ def relevance_of(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 class _IdentityRule(torch.autograd.Function):
-    """Element-wise non-linearity ``y = f(x)`` with ``R(x) = R(y)``: ``ĝ(x) = ĝ(y) ⊙ f(x)/x``."""
+    """Element-wise non-linearity ``y = f(x)`` with ``R(x) = R(y)``: ``ĝ(x) = ĝ(y) ⊙ f(x)/x``.
+
+    Where ``f(0) ≠ 0`` (sigmoid, softplus) ``f(x)/x`` has a pole at 0; there the rule applies to the centred
+    ``f(x) − f(0)`` and the constant ``f(0)`` takes its relevance like a bias (reported to the sink).
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x, y, offset: float, sink: "AbsorptionSink | None"):  # type: ignore[override]
         half = x.dtype in (torch.float16, torch.bfloat16)
-        xs = x.float() if half else x
+        xs, ys = (x.float(), y.float()) if half else (x, y)
+        if offset:
+            ys = ys - offset
         # |x| < STABILISER carries almost no relevance; its ratio is taken against STABILISER instead of x
-        ratio = (y.float() if half else y) / torch.where(xs.abs() < STABILISER, STABILISER, xs)
-        if x.dtype == torch.float16:
-            # f(x)/x is bounded for GELU, SiLU, tanh…, not for f(0) ≠ 0 (sigmoid): keep fp16 gradients finite
-            bound = torch.finfo(torch.float16).max ** 0.5
-            ratio = ratio.clamp(-bound, bound)
-        ctx.save_for_backward(ratio)
+        ctx.save_for_backward(ys / torch.where(xs.abs() < STABILISER, STABILISER, xs))
+        ctx.offset, ctx.sink = offset, sink
         return y.detach()  # a detached alias, not a view: the model may modify it in place
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):  # type: ignore[override]
         (ratio,) = ctx.saved_tensors
-        return (grad_y.to(ratio.dtype) * ratio).to(grad_y.dtype), None
+        if ctx.offset and ctx.sink is not None:
+            rows = grad_y.shape[0] if grad_y.dim() > 1 else 1
+            ctx.sink.absorb("activation offset", ctx.offset * grad_y.reshape(rows, -1).double().sum(dim=1))
+        return (grad_y.to(ratio.dtype) * ratio).to(grad_y.dtype), None, None, None
 
 
-def identity_rule(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def identity_rule(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sink: AbsorptionSink | None = None
+) -> torch.Tensor:
     """Apply the element-wise ``fn`` to ``x`` with the identity rule (``fn`` runs without building a graph)."""
     with torch.no_grad():
         y = fn(x.detach())  # detached: no rule inside the activation's own code sees an input-dependent tensor
+        offset = float(fn(torch.zeros(1, dtype=x.dtype, device=x.device))[0]) if x.requires_grad else 0.0
     if not x.requires_grad:
         return y
-    return _IdentityRule.apply(x, y)
+    return _IdentityRule.apply(x, y, offset, sink)
 
 
 class _ScaleGradient(torch.autograd.Function):
