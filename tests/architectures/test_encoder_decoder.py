@@ -9,12 +9,20 @@ import attnlrp
 from attnlrp import Explainer
 from tiny import word_tokenizer
 
-from .configs import build
+from .configs import LATER, TRANSFORMERS_MAJOR, build
 from .support_report import record
 
 NAMES = ["t5", "bart"]
 SOURCE = "paris is the capital of france"
 PREFIX = "the capital"
+# transformers 4.57's T5 attention computes its softmax on `scores.float()` even in a float64 model (5.x keeps the
+# model's dtype), so its ledger balances to float32 rounding only; everything else balances in float64
+LEDGER_RTOL = {"t5": 1e-7} if TRANSFORMERS_MAJOR < 5 else {}
+
+
+def fastest_attention(name):
+    """sdpa, or eager where transformers has no sdpa for the model (T5 before transformers 5)."""
+    return LATER[name].attn_implementations[-1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +47,7 @@ def test_covered_balanced_and_reported_by_segment(name, method, tok):
     logits = decoder_logits(model, tok, SOURCE, prefix_ids)
     assert e.target.token_id == int(logits.argmax()) and e.value == pytest.approx(float(logits.max()), rel=1e-12)
     assert e.unhandled == []
-    assert e.ledger.balanced(rtol=1e-10), e.ledger
+    assert e.ledger.balanced(rtol=LEDGER_RTOL.get(name, 1e-10)), e.ledger
     encoder_tokens, encoder_relevance = e.part("encoder")
     decoder_tokens, decoder_relevance = e.part("decoder")
     assert len(encoder_tokens) == len(tok(SOURCE)["input_ids"]) and len(decoder_tokens) == 1 + len(prefix_ids)
@@ -51,6 +59,8 @@ def test_covered_balanced_and_reported_by_segment(name, method, tok):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_eager_and_sdpa_agree(name, tok):
+    if "sdpa" not in LATER[name].attn_implementations:
+        pytest.skip(f"transformers {TRANSFORMERS_MAJOR}.x has no sdpa attention for {name}")
     eager = attnlrp.explain(build(name, "eager"), tok, SOURCE, decoder_prefix=PREFIX)
     sdpa = attnlrp.explain(build(name, "sdpa"), tok, SOURCE, decoder_prefix=PREFIX)
     torch.testing.assert_close(eager.relevance, sdpa.relevance, rtol=1e-6, atol=1e-9)
@@ -58,7 +68,7 @@ def test_eager_and_sdpa_agree(name, tok):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_padded_batch_rows_equal_single(name, tok):
-    model = build(name, "sdpa")
+    model = build(name, fastest_attention(name))
     explainer = Explainer(model, tok)
     sources = [SOURCE, "the quick brown fox jumps over the lazy dog"]
     prefixes = [PREFIX, None]
@@ -72,7 +82,7 @@ def test_padded_batch_rows_equal_single(name, tok):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_context_exit_restores_outputs(name, tok):
-    model = build(name, "sdpa")
+    model = build(name, fastest_attention(name))
     prefix_ids = tok(PREFIX, add_special_tokens=False)["input_ids"]
     before = decoder_logits(model, tok, SOURCE, prefix_ids)
     attnlrp.explain(model, tok, SOURCE, decoder_prefix=PREFIX)

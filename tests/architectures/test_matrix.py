@@ -20,13 +20,17 @@ import attnlrp
 from attnlrp import Explainer
 from tiny import word_tokenizer
 
-from .configs import ARCHITECTURES, ENCODERS, LATER
+from .configs import ARCHITECTURES, ENCODERS, LATER, TRANSFORMERS_MAJOR
 from .support_report import record
 
 NAMES = list(ARCHITECTURES)
 # transformers 5.24's eager Falcon adds ALiBi twice (in the scores and again in the mask), so its own eager and
 # sdpa forwards disagree; test_falcon_alibi_upstream_backends_differ pins that, our engine cannot fix it
 UPSTREAM_BACKEND_MISMATCH = {"falcon_alibi"}
+if TRANSFORMERS_MAJOR < 5:
+    # transformers 4.57 offers sdpa for Gemma2 but its sdpa path drops attn_logit_softcapping (5.x declares Gemma2
+    # eager-only, so (c) does not run it there): the two forwards disagree upstream
+    UPSTREAM_BACKEND_MISMATCH.add("gemma2")
 BOTH_BACKENDS = [
     n for n in NAMES if "sdpa" in ARCHITECTURES[n].attn_implementations and n not in UPSTREAM_BACKEND_MISMATCH
 ]
@@ -106,7 +110,8 @@ def test_eager_and_sdpa_give_the_same_relevance(name, method, tok):
 
 @pytest.mark.parametrize("name", sorted(UPSTREAM_BACKEND_MISMATCH))
 def test_falcon_alibi_upstream_backends_differ(name, tok):
-    """When transformers fixes its eager ALiBi path this fails: then move the architecture back into (c)."""
+    """When transformers fixes the mismatch noted at UPSTREAM_BACKEND_MISMATCH this fails: then move the
+    architecture back into (c)."""
     arch = ARCHITECTURES[name]
     plain = [_plain_logits(arch.build(impl), tok, arch.prompts[0]) for impl in ("eager", "sdpa")]
     assert not torch.allclose(plain[0], plain[1], rtol=1e-5, atol=1e-6)
@@ -172,7 +177,8 @@ def test_moe_with_the_default_experts_kernel(name, tok):
     it must not be flagged. ``_grouped_mm`` has no float64 kernel, so this runs in float32."""
     arch = ARCHITECTURES[name]
     model = arch.build("sdpa", torch.float32)
-    assert model.config._experts_implementation == "grouped_mm"
+    if TRANSFORMERS_MAJOR >= 5:  # transformers 4.57 has no experts kernels: its only MoE path loops over experts
+        assert model.config._experts_implementation == "grouped_mm"
     e = _explain(model, tok, arch.prompts[0])
     assert e.unhandled == [], _describe(e)
     assert abs(e.ledger.residual) <= LEDGER_RTOL * abs(e.value), _describe(e)
