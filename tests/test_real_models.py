@@ -50,14 +50,15 @@ def test_agrees_with_reference_implementation(smollm2, index, method, key):
     assert float(e.relevance.double().sum()) == pytest.approx(float(expected.sum()), rel=1e-3, abs=1e-3)
 
 
-def test_bfloat16_is_finite_and_close_to_float32(smollm2):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_finite_and_close_to_float32(smollm2, dtype):
     full = attnlrp.explain(smollm2.model, smollm2.tokenizer, LISBON)
-    half_model = smollm2.model.to(torch.bfloat16)
+    half_model = smollm2.model.to(dtype)
     try:
         half = attnlrp.explain(half_model, smollm2.tokenizer, LISBON, target=full.target.token_id)
     finally:
         smollm2.model.to(torch.float32)
-    assert torch.isfinite(half.relevance).all()
+    assert half.relevance.dtype == torch.float32 and torch.isfinite(half.relevance).all()
     assert pearson(full.relevance, half.relevance) >= 0.99
 
 

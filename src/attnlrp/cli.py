@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--top", type=int, default=10, help="tokens in the ranking (default: 10)")
     explain.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
     explain.add_argument("--strict", action="store_true", help="fail if any non-linear operation runs without a rule")
+    explain.add_argument("--attn", choices=("sdpa", "eager"), default=None,
+                         help="attention implementation (default: transformers' choice, SDPA where available)")
     explain.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="terminal colours")
     explain.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     explain.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (unsafe)")
@@ -49,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--method", default="attnlrp", choices=("attnlrp", "cp-lrp"), help="rules to audit")
     audit.add_argument("--json", action="store_true", help="print one JSON object")
     audit.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    audit.add_argument("--attn", choices=("sdpa", "eager"), default=None,
+                       help="attention implementation (default: transformers' choice, SDPA where available)")
     audit.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     audit.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (unsafe)")
     return parser
@@ -57,22 +61,40 @@ def _parser() -> argparse.ArgumentParser:
 AUDIT_PROMPT = "The quick brown fox jumps over the lazy dog because it"
 
 
-def _audit(args: argparse.Namespace) -> int:
+def _audit_explanation(loaded, args: argparse.Namespace):
+    """One explained pass on a sample input; any output will do for an audit."""
     from .explain import Explainer
+
+    if type(loaded.model).__name__.endswith("ForImageClassification"):
+        import torch
+
+        from .vision import ImageExplainer
+
+        explainer = ImageExplainer(loaded.model, method=args.method)
+        size = getattr(loaded.model.config, "image_size", 224)
+        height, width = (size, size) if isinstance(size, int) else size
+        generator = torch.Generator().manual_seed(0)  # a sample image of noise: the audit needs no real picture
+        dtype = next(loaded.model.parameters()).dtype
+        return explainer(torch.randn(explainer.channels, height, width, generator=generator).to(dtype))
+    explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, model_name=loaded.source)
+    # a masked LM need not contain a mask token; a model without a head explains its first output's first row
+    position = -1 if explainer.head_kind in ("causal-lm", "masked-lm", "seq2seq") else None
+    target = None
+    if explainer.head_kind == "custom":
+        target = lambda output: output[0][:, 0].sum(-1)  # noqa: E731
+    return explainer.explain(args.prompt, position=position, target=target)
+
+
+def _audit(args: argparse.Namespace) -> int:
     from .models import load_model
 
     loaded = load_model(
-        args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle
+        args.model, dtype=args.dtype, attn_implementation=args.attn, trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
     )
-    explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, model_name=loaded.source)
-    # any output will do for an audit; a masked LM need not contain a mask token
-    position = -1 if explainer.head_kind in ("causal-lm", "masked-lm") else None
-    target = None
-    if explainer.head_kind == "custom":  # a model without a head: the sum of the first output's first position
-        target = lambda output: output[0][:, 0].sum(-1)  # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        explanation = explainer.explain(args.prompt, position=position, target=target)
+        explanation = _audit_explanation(loaded, args)
     ledger = explanation.ledger
     ok = not explanation.unhandled and ledger.balanced()
     if args.json:
@@ -110,7 +132,8 @@ def _explain(args: argparse.Namespace) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     loaded = load_model(
-        args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle
+        args.model, dtype=args.dtype, attn_implementation=args.attn, trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
     )
     explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, strict=args.strict, model_name=loaded.source)
     with warnings.catch_warnings(record=True) as caught:
@@ -135,6 +158,9 @@ def _explain(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the command's own output is the point; no loading bars
     from .audit import UnhandledOperationError
     from .explain import ExplainError
     from .models import ModelLoadError

@@ -580,7 +580,7 @@ def load_model(
     kind: str = "auto",
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
-    attn_implementation: str | None = "sdpa",
+    attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     cache_dir: str | os.PathLike | None = None,
@@ -593,6 +593,7 @@ def load_model(
     model folder (safetensors only unless ``allow_pickle``), or a Hugging Face hub id.
 
     ``kind``: ``"auto"`` (the head the checkpoint was saved with) or one of :data:`KINDS`.
+    ``attn_implementation``: ``None`` lets transformers choose (SDPA where the architecture has it, else eager).
     Raises :class:`ModelLoadError` for every failure a user can fix.
     """
     resolved_dtype = resolve_dtype(dtype)

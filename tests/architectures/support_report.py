@@ -24,7 +24,7 @@ ENV = "ATTNLRP_SUPPORT_REPORT"
 
 #: Checks in table order; the first seven are the matrix's, the rest apply to some architectures only.
 CHECK_ORDER = ["unhandled", "ledger", "own logit", "eager=sdpa", "padded batch", "reversible", "cp-lrp",
-               "moe kernel", "upstream eager≠sdpa", "lxt reference", "bfloat16", "builds"]
+               "moe kernel", "upstream eager≠sdpa", "lxt reference", "half precision", "audit command"]
 CHECK_MEANING = {
     "unhandled": "AttnLRP: no non-linear operation runs without a rule",
     "ledger": "AttnLRP: the relevance ledger balances",
@@ -37,8 +37,8 @@ CHECK_MEANING = {
     "upstream eager≠sdpa": "transformers' own eager and SDPA forwards differ (its eager ALiBi is added twice), "
                            "so eager=sdpa cannot hold; a test pins the upstream bug",
     "lxt reference": "relevance agrees with lxt 2.1, the authors' implementation",
-    "bfloat16": "bfloat16 relevance is finite and close to float32",
-    "builds": "the tiny model builds and runs (not explained yet)",
+    "half precision": "bfloat16 and float16 relevance is finite and close to float32 (Pearson ≥ 0.99)",
+    "audit command": "`attnlrp audit FOLDER --json` on the saved model: nothing unhandled, ledger balanced",
 }
 
 #: (test module stem, test function) -> (architecture or None for the ``name`` parameter, checks).
@@ -64,7 +64,8 @@ CHECKS: dict[tuple[str, str], tuple[str | None, tuple[str, ...]]] = {
     ("test_real_models", "test_lisbon_is_most_relevant_and_ledger_balances"): ("smollm2", ("unhandled", "ledger")),
     ("test_real_models", "test_agrees_with_reference_implementation"): ("smollm2", ("lxt reference",)),
     ("test_lxt_agreement_tiny", "test_agrees_with_lxt"): (None, ("lxt reference",)),
-    ("test_real_models", "test_bfloat16_is_finite_and_close_to_float32"): ("smollm2", ("bfloat16",)),
+    ("test_real_models", "test_half_precision_is_finite_and_close_to_float32"): ("smollm2", ("half precision",)),
+    ("test_audit_cli", "test_audit_command_covers_every_architecture"): (None, ("audit command",)),
     ("test_real_models", "test_minilm_bert_encoder_ledger_balances"): ("minilm", ("unhandled", "ledger")),
 }
 
