@@ -50,24 +50,7 @@ def sig7(x: float) -> float:
 # ----------------------------------------------------------------------------------------- worker
 
 
-def _stub_torchvision() -> None:
-    """lxt.efficient imports torchvision's ViT only to build its (unused) patch map; torchvision does not
-    import with this machine's torch CPU build, so a stub stands in (see scripts/lxt_reference.py)."""
-    try:
-        import torchvision.models.vision_transformer  # noqa: F401
-    except Exception:
-        import types
-
-        import torch
-
-        tv = types.ModuleType("torchvision")
-        models = types.ModuleType("torchvision.models")
-        vit = types.ModuleType("torchvision.models.vision_transformer")
-        vit.nn = torch.nn
-        tv.models, models.vision_transformer = models, vit
-        sys.modules.update(
-            {"torchvision": tv, "torchvision.models": models, "torchvision.models.vision_transformer": vit}
-        )
+from lxt_env import stub_torchvision as _stub_torchvision  # noqa: E402  (scripts/ is on sys.path)
 
 
 def worker(arch: str, method: str, out: str) -> None:
