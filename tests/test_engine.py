@@ -177,3 +177,23 @@ def test_plain_methods_use_no_rule():
     grad = attnlrp.explain(model, tok, PROMPT, method="gradient")
     torch.testing.assert_close(ixg.relevance.double(), (e * g).sum(-1)[0].detach(), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad.relevance.double(), g.norm(dim=-1)[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_recomputes_under_the_rules(reentrant):
+    """The recomputation during backward runs outside the forward's hooks: relevance must not change."""
+    tok = word_tokenizer()
+    plain = attnlrp.explain(tiny_llama(torch.float64), tok, PROMPT)
+    model = tiny_llama(torch.float64)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    layer = model.model.layers[0]
+    checkpoint_function = layer._gradient_checkpointing_func
+    runs = []
+    handle = layer.mlp.register_forward_pre_hook(lambda *args: runs.append(1))
+    checkpointed = attnlrp.explain(model, tok, PROMPT)
+    handle.remove()
+    assert len(runs) == 2  # forward, then the recomputation during backward: checkpointing really ran
+    torch.testing.assert_close(checkpointed.relevance, plain.relevance, rtol=1e-12, atol=1e-12)
+    assert checkpointed.ledger.balanced(rtol=1e-6) and checkpointed.unhandled == []
+    assert layer._gradient_checkpointing_func is checkpoint_function and not layer.training
+    assert torch._C._len_torch_function_stack() == 0

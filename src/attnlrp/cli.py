@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--position", type=int, default=None, help="explain the output at this position (default: last)")
     explain.add_argument("--html", metavar="FILE", default=None, help="write an HTML heatmap to FILE")
     explain.add_argument("--json", action="store_true", help="print one JSON object instead of the terminal view")
+    explain.add_argument(
+        "--generate", type=int, default=None, metavar="N",
+        help="generate N tokens (greedy) and explain each of them and the whole answer instead of the next token",
+    )
     explain.add_argument("--top", type=int, default=10, help="tokens in the ranking (default: 10)")
     explain.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
     explain.add_argument("--strict", action="store_true", help="fail if any non-linear operation runs without a rule")
@@ -135,6 +139,8 @@ def _explain(args: argparse.Namespace) -> int:
         args.model, dtype=args.dtype, attn_implementation=args.attn, trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
     )
+    if args.generate is not None:
+        return _explain_generation(args, prompt, loaded)
     explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, strict=args.strict, model_name=loaded.source)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -153,6 +159,39 @@ def _explain(args: argparse.Namespace) -> int:
         print(explanation.to_terminal(color=color, top_k=args.top))
         if args.html:
             print(f"\nHTML heatmap: {args.html}")
+    return 0
+
+
+def _explain_generation(args: argparse.Namespace, prompt: str, loaded) -> int:
+    """``explain --generate N``: the answer, each generated token's most relevant earlier tokens, the whole answer."""
+    from .explain import ExplainError
+    from .generation import explain_generation
+    from .render import should_color
+
+    given = [flag for flag, value in (("--target", args.target), ("--contrast", args.contrast),
+                                      ("--position", args.position)) if value is not None]
+    if given:
+        raise ExplainError(f"{', '.join(given)} cannot be combined with --generate (it explains every generated token)")
+    if args.generate < 1:
+        raise ExplainError(f"--generate takes a positive number of tokens, got {args.generate}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explanation = explain_generation(
+            loaded.model, loaded.tokenizer, prompt, max_new_tokens=args.generate, method=args.method,
+            strict=args.strict, model_name=loaded.source,
+        )
+    for warning in caught:
+        if "without an LRP rule" in str(warning.message):
+            print(f"warning: {warning.message}", file=sys.stderr)
+    if args.html:
+        explanation.save_html(args.html)
+    if args.json:
+        print(explanation.to_json())
+    else:
+        color = {"always": True, "never": False}.get(args.color, should_color(sys.stdout))
+        print(explanation.to_terminal(color=color, top_k=3))
+        if args.html:
+            print(f"\nHTML view: {args.html}")
     return 0
 
 

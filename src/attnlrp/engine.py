@@ -189,7 +189,7 @@ class LRPContext(AbstractContextManager):
         self.batch_size: int | None = None
         self.norm_depth = 0
         self._hooked_biases: set[int] = set()
-        self._module_stack: list[tuple[str, nn.Module]] = []
+        self._module_stack: list[tuple[str, nn.Module, bool]] = []  # (name, module, entered the rule mode)
         self._mode = _RuleMode(self)
         self._mode_depth = 0
         self._undo: list[Callable[[], None]] = []
@@ -236,6 +236,10 @@ class LRPContext(AbstractContextManager):
         for p, _ in flags:
             p.requires_grad_(False)
         self.model.eval()
+        for module in self.model.modules():
+            if _checkpointed(module):
+                # transformers checkpoints a layer only in training mode; dropout lives in its (eval) children
+                module.training = True
 
     def _install_hooks(self) -> None:
         input_embedding = _input_embedding_of(self.model)
@@ -245,6 +249,8 @@ class LRPContext(AbstractContextManager):
             pre = module.register_forward_pre_hook(self._make_pre_hook(name, module, is_norm))
             post = module.register_forward_hook(self._make_post_hook(is_norm), always_call=True)
             self._undo.extend([pre.remove, post.remove])
+            if use_rules and _checkpointed(module):
+                self._rule_recomputation(module)
             if use_rules and is_activation_module(module):
                 self._override_forward(module, self._identity_forward(module))
             gamma = self._gamma_for(module) if use_rules else None
@@ -274,13 +280,36 @@ class LRPContext(AbstractContextManager):
         self._undo.append(undo)
         module.forward = forward
 
+    def _rule_recomputation(self, module: nn.Module) -> None:
+        """Gradient checkpointing re-runs a layer's forward during backward, outside any forward hook: wrap the
+        layer's checkpoint function (per instance, restored on exit) so that the re-run is ruled too."""
+        original = module.__dict__["_gradient_checkpointing_func"]
+
+        def ruled(function: Callable) -> Callable:
+            def run(*args: Any, **kwargs: Any) -> Any:
+                if self._mode_depth > 0:
+                    return function(*args, **kwargs)  # the first forward: the rules are on already
+                self._mode.__enter__()  # the recomputation during backward
+                self._mode_depth += 1
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    self._mode.__exit__(None, None, None)
+                    self._mode_depth -= 1
+
+            return run
+
+        module._gradient_checkpointing_func = lambda function, *args, **kwargs: original(ruled(function), *args, **kwargs)
+        self._undo.append(lambda: setattr(module, "_gradient_checkpointing_func", original))
+
     # ------------------------------------------------------------------------------------------------ hooks
     def _make_pre_hook(self, name: str, module: nn.Module, is_norm: bool):
         def pre_hook(mod: nn.Module, args: Any) -> None:
-            if self.method in LRP_METHODS and self._mode_depth == 0 and not self._module_stack:
+            entered = self.method in LRP_METHODS and self._mode_depth == 0
+            if entered:  # the outermost of this model's modules: the rules are on while it runs
                 self._mode.__enter__()
                 self._mode_depth += 1
-            self._module_stack.append((name, module))
+            self._module_stack.append((name, module, entered))
             if is_norm:
                 self.norm_depth += 1
 
@@ -290,9 +319,8 @@ class LRPContext(AbstractContextManager):
         def post_hook(mod: nn.Module, args: Any, output: Any) -> None:
             if is_norm:
                 self.norm_depth -= 1
-            if self._module_stack:
-                self._module_stack.pop()
-            if not self._module_stack and self._mode_depth > 0:
+            entered = self._module_stack.pop()[2] if self._module_stack else False
+            if entered and self._mode_depth > 0:
                 self._mode.__exit__(None, None, None)
                 self._mode_depth -= 1
 
@@ -493,7 +521,7 @@ class LRPContext(AbstractContextManager):
         return type(self._module_stack[-1][1]).__name__ if self._module_stack else type(self.model).__name__
 
     def flag(self, op: str) -> None:
-        name, module = self._module_stack[-1] if self._module_stack else ("", self.model)
+        name, module, _ = self._module_stack[-1] if self._module_stack else ("", self.model, False)
         unhandled = UnhandledOp(op=op, module=name, module_type=type(module).__name__)
         if self.strict:
             raise UnhandledOperationError(f"non-linear operation without an LRP rule: {unhandled}")
@@ -535,6 +563,11 @@ def _bind(name: str, args: tuple, kwargs: dict) -> dict:
 def _bias_dim(module: nn.Module) -> int:
     """The output dimension a 1-D bias is added along: channels (dim 1) for convolutions, else the last."""
     return 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+
+
+def _checkpointed(module: nn.Module) -> bool:
+    """A transformers layer with gradient checkpointing switched on (``gradient_checkpointing_enable()``)."""
+    return bool(module.__dict__.get("gradient_checkpointing")) and "_gradient_checkpointing_func" in module.__dict__
 
 
 def _input_embedding_of(model: nn.Module) -> nn.Module | None:

@@ -302,7 +302,10 @@ class Explainer:
                     "the model produced a non-finite value (NaN or inf) for the target; check the model's "
                     "weights and dtype (fp16 overflows easily: try bfloat16 or float32)"
                 )
-            grads = torch.autograd.grad(values.sum(), [*leaves, *ctx.absorber_leaves], allow_unused=True)
+            # .backward(), not autograd.grad: reentrant gradient checkpointing supports only the former. The
+            # parameters are frozen, so only our own leaves (inputs, additive embeddings) receive .grad
+            values.sum().backward()
+            grads = [leaf.grad for leaf in leaves]
         per_segment = []
         for leaf, grad in zip(leaves, grads):
             grad = torch.zeros_like(leaf) if grad is None else grad
