@@ -1,0 +1,273 @@
+"""Generation attribution: every generated token explained over the prompt and the earlier generated tokens."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import attnlrp
+import attnlrp.models
+from attnlrp import ExplainError
+from attnlrp.cli import main
+from attnlrp.generation import GenerationExplanation, explain_generation
+from attnlrp.render import script_json
+from tiny import tiny_llama, word_tokenizer
+
+PROMPT = "paris is the capital of france . lisbon is the capital of"
+
+
+@pytest.fixture(scope="module")
+def llama64():
+    return tiny_llama(torch.float64)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return word_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def generation(llama64, tok):
+    return explain_generation(llama64, tok, PROMPT, max_new_tokens=4)
+
+
+def greedy(model, tok, n):
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    with torch.no_grad():
+        for _ in range(n):
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0].tolist()
+
+
+def test_greedy_by_default_and_shapes(generation, llama64, tok):
+    g = generation
+    assert isinstance(g, GenerationExplanation) and len(g) == 4
+    assert g.token_ids == greedy(llama64, tok, 4)
+    assert g.prompt_length == len(tok(PROMPT)["input_ids"])
+    assert g.tokens[: g.prompt_length][1:] == [" " + w if i else w for i, w in enumerate(PROMPT.split())]
+    assert g.generated == [tok.decode([i]) for i in g.token_ids[g.prompt_length:]]
+    assert g.matrix.shape == (4, len(g.tokens)) and g.matrix.dtype == torch.float32
+    assert g.answer_relevance.shape == (len(g.tokens),)
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp", "input-x-gradient", "gradient"])
+def test_each_row_equals_explaining_that_token_alone(method, llama64, tok):
+    g = explain_generation(llama64, tok, PROMPT, max_new_tokens=4, method=method)
+    for k in range(len(g)):
+        p = g.position(k)
+        alone = attnlrp.explain(llama64, tok, g.token_ids[:p], target=g.token_ids[p], method=method)
+        torch.testing.assert_close(g.matrix[k, :p], alone.relevance, rtol=1e-6, atol=1e-9)
+        assert g.values[k] == pytest.approx(alone.value, rel=1e-9)
+        if method in ("attnlrp", "cp-lrp"):
+            assert g.ledgers[k].input == pytest.approx(alone.ledger.input, rel=1e-6, abs=1e-12)
+            assert g.ledgers[k].absorbed == pytest.approx(alone.ledger.absorbed, rel=1e-6, abs=1e-12)
+
+
+def test_causality_zeros(generation):
+    for k in range(len(generation)):
+        p = generation.position(k)
+        assert torch.all(generation.matrix[k, p:] == 0)
+        assert generation.matrix[k, :p].abs().sum() > 0
+    assert generation.answer_relevance[-1] == 0
+
+
+def test_answer_row_is_the_sum_of_the_rows(generation):
+    torch.testing.assert_close(generation.answer_relevance, generation.matrix.sum(0), rtol=1e-5, atol=1e-7)
+    assert generation.answer_value == pytest.approx(sum(generation.values), rel=1e-12)
+    assert generation.answer_ledger.value == pytest.approx(generation.answer_value)
+
+
+def test_ledger_balanced_per_row(generation):
+    assert len(generation.ledgers) == len(generation)
+    for k, ledger in enumerate(generation.ledgers):
+        assert ledger.value == pytest.approx(generation.values[k])
+        assert ledger.input == pytest.approx(float(generation.matrix[k].double().sum()), rel=1e-5, abs=1e-7)
+        assert abs(ledger.residual) <= 1e-6 * abs(ledger.value) + 1e-9, ledger
+    assert generation.answer_ledger.balanced(rtol=1e-6)
+
+
+def test_generate_kwargs_pass_through(llama64, tok, monkeypatch):
+    seen = []
+    original = llama64.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(llama64, "generate", spy)
+    assert len(explain_generation(llama64, tok, PROMPT, max_new_tokens=3, min_new_tokens=3)) == 3
+    assert seen[-1]["do_sample"] is False and seen[-1]["pad_token_id"] == tok.pad_token_id
+    assert seen[-1]["min_new_tokens"] == 3 and "attention_mask" in seen[-1]
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        runs.append(explain_generation(llama64, tok, PROMPT, max_new_tokens=6, do_sample=True, temperature=5.0))
+    assert seen[-1]["do_sample"] is True and seen[-1]["temperature"] == 5.0
+    assert runs[0].token_ids == runs[1].token_ids
+    torch.testing.assert_close(runs[0].matrix, runs[1].matrix)
+    # a sampled answer is explained like any other: row k is explaining its token alone
+    g = runs[0]
+    p = g.position(len(g) - 1)
+    alone = attnlrp.explain(llama64, tok, g.token_ids[:p], target=g.token_ids[p])
+    torch.testing.assert_close(g.matrix[-1, :p], alone.relevance, rtol=1e-6, atol=1e-9)
+
+
+def test_rules_are_off_during_generation_and_model_restored(llama64, tok):
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    with torch.no_grad():
+        before = llama64(ids).logits
+    explain_generation(llama64, tok, PROMPT, max_new_tokens=2)
+    with torch.no_grad():
+        after = llama64(ids).logits
+    assert torch.equal(before, after)
+    assert all(p.requires_grad for p in llama64.parameters())
+
+
+@pytest.mark.parametrize(
+    "prompt, kwargs, message",
+    [
+        ("", {}, "prompt is empty"),
+        ("   ", {}, "prompt is empty"),
+        (" ".join(["the"] * 70), {}, "at most 64"),
+        (" ".join(["the"] * 60), {"max_new_tokens": 10}, "exceed the model's maximum"),
+        (PROMPT, {"max_new_tokens": 0}, "positive integer"),
+        (PROMPT, {"method": "lrp"}, "unknown method"),
+    ],
+)
+def test_bad_input(llama64, tok, prompt, kwargs, message):
+    with pytest.raises(ExplainError, match=message):
+        explain_generation(llama64, tok, prompt, **kwargs)
+
+
+def test_json_contract(generation):
+    data = json.loads(generation.to_json())
+    assert {"tokens", "token_ids", "prompt_length", "generated", "matrix", "values", "answer_relevance",
+            "method", "answer_value", "ledgers"} <= set(data)
+    assert data["method"] == "attnlrp" and data["generated"] == generation.generated
+    assert len(data["matrix"]) == len(data["values"]) == len(data["generated"]) == len(data["ledgers"])
+    assert all(len(row) == len(data["tokens"]) == len(data["token_ids"]) for row in data["matrix"])
+    assert data["tokens"][data["prompt_length"]:] == data["generated"]
+    assert data["matrix"][0][0] == pytest.approx(float(generation.matrix[0, 0]))
+
+
+def test_top_and_terminal(generation):
+    best = generation.top(0, 3)
+    p = generation.position(0)
+    assert len(best) == 3 and all(i < p and not generation.special[i] for i, _, _ in best)
+    assert best[0][2] == pytest.approx(float(generation.matrix[0, 1:p].max()))
+    text = generation.to_terminal(color=False)
+    assert "answer: " in text and "\x1b[" not in text
+    assert len([line for line in text.splitlines() if "logit +" in line or "logit -" in line]) == len(generation)
+
+
+BREAKOUT = "<script>alert(1)</script> paris </script> is < the & capital"
+
+
+def test_html_escapes_and_does_not_break_out(llama64, tok):
+    g = explain_generation(llama64, tok, BREAKOUT, max_new_tokens=3)
+    assert "<" in "".join(g.tokens)
+    page = g.to_html()
+    # exactly the one script of the view, with nothing from the prompt able to close it early
+    assert page.count("<script") == 1 and page.count("</script") == 1
+    script = page[page.index("<script>") + len("<script>"): page.index("</script>")]
+    data = re.search(r"var D=(.*);\n", script).group(1)
+    assert not set("<>&") & set(data)
+    assert json.loads(data)["tokens"][: g.prompt_length] == [repr(t) for t in g.tokens[: g.prompt_length]]
+    assert "&lt;" in page and "<script>alert" not in page and "</script> paris" not in page
+    assert "<!--" not in page
+    fragment = g._repr_html_()
+    assert not fragment.startswith("<!doctype") and fragment.count("<script") == 1
+
+
+def test_script_json_escapes_everything_dangerous():
+    text = script_json({"t": "</script><!-- & \u2028\u2029 \ud800", "x": float("nan")})
+    assert not set("<>&\u2028\u2029") & set(text)
+    assert json.loads(text) == {"t": "</script><!-- & \u2028\u2029 \ud800", "x": None}
+
+
+NODE_HARNESS = r"""
+const src = require('fs').readFileSync(0, 'utf8');
+function el(attrs) { return {attrs, style: {}, title: '', textContent: '', handlers: {},
+  classes: new Set(), classList: {toggle(c, on) { on ? this.owner.classes.add(c) : this.owner.classes.delete(c); }},
+  getAttribute(n) { return this.attrs[n]; }, addEventListener(e, f) { this.handlers[e] = f; }}; }
+const n = %d, spans = [];
+for (let i = 0; i < n; i++) { const s = el({'data-i': String(i)}); s.classList.owner = s; spans.push(s); }
+const status = el({}), scale = el({}), button = el({});
+const root = {querySelectorAll: () => spans,
+  querySelector: q => q === '.status' ? status : q === '.scale' ? scale : button};
+global.document = {getElementById: () => root};
+eval(src);
+const out = {initial: spans.map(s => s.style.background), status0: status.textContent};
+spans[%d].handlers.mouseenter();
+out.hover = spans.map(s => s.style.background); out.status1 = status.textContent;
+spans[%d].handlers.mouseleave(); out.left = spans.map(s => s.style.background);
+spans[%d].handlers.click(); spans[%d].handlers.mouseleave(); out.pinned = spans.map(s => s.style.background);
+button.handlers.click(); out.reset = spans.map(s => s.style.background);
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node.js not installed")
+def test_html_script_recolours_on_hover_and_click(generation):
+    from attnlrp.render.colors import relevance_rgb, symmetric_scale
+
+    page = generation.to_html()
+    script = page[page.index("<script>") + len("<script>"): page.index("</script>")]
+    n, last = len(generation.tokens), len(generation.tokens) - 1
+    harness = NODE_HARNESS % (n, last, last, last, last)
+    result = subprocess.run(["node", "-e", harness], input=script, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+
+    def colours(row):
+        row = [float(x) for x in row]
+        scale = symmetric_scale(row)
+        return ["rgb({},{},{})".format(*relevance_rgb(x, scale)) for x in row]
+
+    answer = colours(generation.answer_relevance.tolist())
+    row = colours(generation.matrix[len(generation) - 1].tolist())
+    assert out["initial"] == answer and out["left"] == answer and out["reset"] == answer
+    assert out["hover"] == row and out["pinned"] == row
+    assert "whole answer" in out["status0"] and f"generated token {len(generation) - 1}" in out["status1"]
+    # the static (no JavaScript) colours are the whole-answer view too
+    assert all(f"background:{c}" in page for c in answer)
+
+
+@pytest.fixture
+def tiny_cli(monkeypatch, capsys, tok):
+    model = tiny_llama(torch.float64)
+    monkeypatch.setattr(attnlrp.models, "load_model", lambda *a, **k: attnlrp.models.LoadedModel(model, tok, "tiny"))
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run, model
+
+
+def test_cli_generate_json(tiny_cli, tok, tmp_path):
+    run, model = tiny_cli
+    page = tmp_path / "generation.html"
+    code, out, err = run("explain", PROMPT, "--generate", "3", "--json", "--html", str(page))
+    assert code == 0, err
+    data = json.loads(out)
+    assert len(data["generated"]) == len(data["matrix"]) == 3 and data["model"] == "tiny"
+    assert data["token_ids"] == explain_generation(model, tok, PROMPT, max_new_tokens=3).token_ids
+    assert page.read_text(encoding="utf-8").count("<script") == 1
+
+
+def test_cli_generate_terminal_and_errors(tiny_cli):
+    run, _ = tiny_cli
+    code, out, err = run("explain", PROMPT, "--generate", "2", "--color", "never")
+    assert code == 0, err
+    assert "answer: " in out and out.count("logit ") == 2 and "\x1b[" not in out
+    code, out, err = run("explain", PROMPT, "--generate", "2", "--target", "paris")
+    assert code == 2 and out == "" and err.startswith("error: ") and "--target" in err
+    code, out, err = run("explain", PROMPT, "--generate", "0")
+    assert code == 2 and "positive" in err
