@@ -197,3 +197,30 @@ def test_gradient_checkpointing_recomputes_under_the_rules(reentrant):
     assert checkpointed.ledger.balanced(rtol=1e-6) and checkpointed.unhandled == []
     assert layer._gradient_checkpointing_func is checkpoint_function and not layer.training
     assert torch._C._len_torch_function_stack() == 0
+
+
+@pytest.mark.parametrize("offload", ["cpu", "disk", "device_map"])
+def test_accelerate_offloaded_model_gives_the_same_relevance(offload, tmp_path):
+    """A model dispatched by accelerate (weights on `meta` between passes) is explained like the model in one
+    piece, ledger included (biases are read from accelerate's offload map)."""
+    from accelerate import cpu_offload, disk_offload
+    from transformers import LlamaForCausalLM
+
+    tok = word_tokenizer()
+    whole = attnlrp.explain(tiny_llama(torch.float64, attention_bias=True, mlp_bias=True), tok, PROMPT)
+    model = tiny_llama(torch.float64, attention_bias=True, mlp_bias=True)
+    if offload == "cpu":
+        cpu_offload(model, execution_device=torch.device("cpu"))
+    elif offload == "disk":
+        disk_offload(model, str(tmp_path / "offload"), execution_device=torch.device("cpu"))
+    else:
+        model.save_pretrained(tmp_path / "model")
+        device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                      "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+        model = LlamaForCausalLM.from_pretrained(tmp_path / "model", device_map=device_map, dtype=torch.float64,
+                                                 offload_folder=str(tmp_path / "offload")).eval()
+        assert model.model.layers[1].self_attn.q_proj.weight.device.type == "meta"
+    split = attnlrp.explain(model, tok, PROMPT)
+    torch.testing.assert_close(split.relevance, whole.relevance, rtol=1e-10, atol=1e-12)
+    assert split.ledger.absorbed == pytest.approx(whole.ledger.absorbed, rel=1e-10)
+    assert "bias" in split.ledger.by_site and split.unhandled == []

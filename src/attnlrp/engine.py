@@ -383,7 +383,7 @@ class LRPContext(AbstractContextManager):
             if not isinstance(output, torch.Tensor) or not output.requires_grad:
                 return
             channel = channel_dim % output.dim()
-            b = bias.detach()
+            b = _materialised(module, "bias").detach()
 
             def absorb(g: torch.Tensor) -> None:
                 # Σ b_c ĝ_{…c…} per row: sum ĝ over positions first, then one small dot product
@@ -563,6 +563,18 @@ def _bind(name: str, args: tuple, kwargs: dict) -> dict:
 def _bias_dim(module: nn.Module) -> int:
     """The output dimension a 1-D bias is added along: channels (dim 1) for convolutions, else the last."""
     return 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+
+
+def _materialised(module: nn.Module, name: str) -> torch.Tensor:
+    """A parameter's values, also when accelerate has offloaded it (``meta`` between its forward passes)."""
+    tensor = getattr(module, name)
+    if tensor.device.type == "meta":
+        hook = getattr(module, "_hf_hook", None)
+        weights = getattr(hook, "weights_map", None)
+        if weights is None:
+            raise RuntimeError(f"{type(module).__name__}.{name} is on the meta device and no offload map holds it")
+        tensor = weights[name].to(getattr(hook, "execution_device", None) or "cpu")
+    return tensor
 
 
 def _checkpointed(module: nn.Module) -> bool:

@@ -67,6 +67,18 @@ def _check_model(model: nn.Module) -> nn.Module:
     return embedding
 
 
+def input_device(model: nn.Module, embedding: nn.Module) -> torch.device:
+    """Where the input ids go: the embedding's device, or accelerate's execution device when it is offloaded."""
+    hook = getattr(embedding, "_hf_hook", None) or getattr(model, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    weight = getattr(embedding, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+        return weight.device
+    real = [p.device for p in model.parameters() if p.device.type != "meta"]
+    return real[0] if real else torch.device("cpu")
+
+
 def _max_length(model: nn.Module, tokenizer) -> int | None:
     limits = []
     config = getattr(model, "config", None)
@@ -275,7 +287,7 @@ class Explainer:
         return ids, mask
 
     def _run(self, segments: list["_Segment"], targets, contrasts, positions) -> list[Explanation]:
-        device = self._embedding.weight.device if hasattr(self._embedding, "weight") else torch.device("cpu")
+        device = input_device(self.model, self._embedding)
         vocab_size = self._embedding.weight.shape[0] if hasattr(self._embedding, "weight") else len(self.tokenizer)
         inputs: dict[str, Any] = {}
         leaves: list[torch.Tensor] = []

@@ -21,7 +21,7 @@ from torch import nn
 from .audit import LedgerReport
 from .engine import LRPContext, METHODS
 from .errors import ExplainError
-from .explain import Prompt, _check_model, _head_of, _max_length, _prepare
+from .explain import Prompt, _check_model, _head_of, _max_length, _prepare, input_device
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def explain_generation(
             f"the prompt ({len(prepared)} tokens) and {max_new_tokens} new tokens exceed the model's maximum of "
             f"{limit} tokens; shorten the prompt or generate fewer tokens"
         )
-    device = embedding.weight.device if hasattr(embedding, "weight") else torch.device("cpu")
+    device = input_device(model, embedding)
     prompt_ids = torch.tensor([prepared.input_ids], dtype=torch.long, device=device)
 
     # ------------------------------------------------------------------ 1. generate, no rule active
