@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_PROMPT := Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy. Madrid is the capital of Spain. Lisbon is the capital of
 
-.PHONY: venv demo test test-transformers-4.57 bench support-table lxt-reference clean
+.PHONY: venv demo test test-transformers-4.57 bench bench-generation bench-long support-table lxt-reference clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,16 @@ test-transformers-4.57: $(STAMP457)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+
+# explain_generation vs a naive explain-per-token loop (16 and 64 generated tokens, ~6 min on 2 cores): kept out of
+# `make bench`, which would pass ~8 minutes with it. Replaces its own section of docs/benchmarks.md.
+bench-generation: $(STAMP)
+	$(PY) scripts/bench.py --generation --output docs/benchmarks.md
+
+# 512 / 2048 / 4096 tokens, AttnLRP and Input x Gradient, gradient checkpointing off and on (slow: ~10+ min);
+# one fresh process per configuration. Replaces its own section of docs/benchmarks.md.
+bench-long: $(STAMP)
+	$(PY) scripts/bench.py --long --output docs/benchmarks.md
 
 # README's support table, generated from a run of tests/architectures and tests/test_real_models.py
 support-table: $(STAMP)

@@ -3,6 +3,15 @@
     .venv/bin/python scripts/bench.py                        # 128 and 512 tokens, 5 repetitions (`make bench`)
     .venv/bin/python scripts/bench.py --quick                # 128 tokens only, 3 repetitions
     .venv/bin/python scripts/bench.py --output docs/benchmarks.md
+    .venv/bin/python scripts/bench.py --generation --output docs/benchmarks.md   # `make bench-generation`
+    .venv/bin/python scripts/bench.py --long --output docs/benchmarks.md         # `make bench-long` (slow)
+
+--generation: explain_generation (one ruled forward over prompt + answer, one backward per generated token) against
+a naive loop (generate, then one attnlrp.explain per generated token over the prefix before it) on a 40-token
+prompt, 16 and 64 greedy tokens; both times include the generation; checks that the matrices agree.
+--long: 512 / 2048 / 4096 tokens, AttnLRP and Input x Gradient, with and without gradient checkpointing, one
+repetition each in its own process (killed and reported as skipped past --long-limit-mib or --long-timeout).
+Both replace only their own marked section of --output (written after the notes marker, so `make bench` keeps them).
 
 Configurations, all on the same prompt (the first N token ids of CPython's documentation text,
 ``pydoc_data.topics.topics``), all producing logits for every position:
@@ -401,6 +410,291 @@ def header(threads: int, command: str, reps: int, lengths: list[int]) -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------- sections
+def write_section(path: str, key: str, text: str) -> None:
+    """Replace (or append) the block between this section's markers; everything else in the file is kept.
+
+    Appended blocks land after NOTES_MARKER, so a plain `make bench` rewrite keeps them.
+    """
+    begin, end = f"<!-- bench:{key}:begin -->", f"<!-- bench:{key}:end -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        old = ""
+    i, j = old.find(begin), old.find(end)
+    if i >= 0 and j > i:
+        new = old[:i] + block + old[j + len(end):].lstrip("\n")
+    else:
+        if NOTES_MARKER not in old:
+            old = old.rstrip("\n") + "\n\n" + NOTES_MARKER + "\n"
+        new = old.rstrip("\n") + "\n\n" + block
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(new)
+
+
+def machine_lines(threads: int, command: str) -> list[str]:
+    import transformers
+
+    return [
+        f"- machine: {cpu_model()}, {core_count()} cores, `torch.set_num_threads({threads})`; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
+        f"- date: {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- command: `{command}`",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- generation
+GEN_PROMPT_TOKENS = 40
+
+
+def _greedy(model, tokenizer, prompt_ids: list[int], n: int) -> list[int]:
+    """The tokens explain_generation generates: greedy, same pad token, no rule active."""
+    from attnlrp.generation import _pad_token_id
+
+    ids = torch.tensor([prompt_ids], dtype=torch.long)
+    kwargs = dict(do_sample=False)
+    pad = _pad_token_id(model, tokenizer)
+    if pad is not None:
+        kwargs["pad_token_id"] = pad
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, **kwargs)
+    seq = out if isinstance(out, torch.Tensor) else out.sequences
+    return [int(t) for t in seq[0, len(prompt_ids):].tolist()]
+
+
+def naive_generation(model, tokenizer, prompt_ids: list[int], n: int) -> tuple[list[int], list[torch.Tensor]]:
+    """Generate, then one attnlrp.explain (forward + backward) per generated token over the prefix before it."""
+    import attnlrp
+
+    generated = _greedy(model, tokenizer, prompt_ids, n)
+    ids = prompt_ids + generated
+    rows = []
+    for k, t in enumerate(generated):
+        p = len(prompt_ids) + k
+        rows.append(attnlrp.explain(model, tokenizer, ids[:p], target=t).relevance)
+    return generated, rows
+
+
+def generation_rel_diff(fast, naive_rows: list[torch.Tensor]) -> float:
+    """max |a - b| / max |b| over all generated tokens' rows (a: explain_generation, b: the naive loop)."""
+    num = den = 0.0
+    for k, row in enumerate(naive_rows):
+        a = fast.matrix[k, : len(row)].double()
+        b = row.double()
+        num = max(num, float((a - b).abs().max()))
+        den = max(den, float(b.abs().max()))
+        # causality: explain_generation's row k is exactly 0 from the generated token's own position on
+        assert float(fast.matrix[k, len(row):].abs().max()) == 0.0
+    return num / den
+
+
+def run_generation(model, tokenizer, args, log) -> str:
+    from attnlrp import explain_generation
+
+    prompt_ids = doc_ids(tokenizer, GEN_PROMPT_TOKENS)
+    prompt_text = tokenizer.decode(prompt_ids)
+    lines = [
+        "| generated tokens | explain_generation (s) | naive loop (s) | speedup | greedy generation alone (s) "
+        "| max rel. difference | target ≥ 1.5× |",
+        "|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    notes = []
+    for n in args.gen_tokens:
+        # warm-up, and the correctness check: same tokens, same matrices
+        fast = explain_generation(model, tokenizer, prompt_ids, max_new_tokens=n)
+        generated, rows = naive_generation(model, tokenizer, prompt_ids, n)
+        assert generated == fast.generated_ids, "the naive loop generated other tokens"
+        diff = generation_rel_diff(fast, rows)
+        log(f"  {n:3d} new tokens: generated {len(generated)}, max rel. difference {diff:.2e}")
+        configs = {
+            "explain_generation": lambda: explain_generation(model, tokenizer, prompt_ids, max_new_tokens=n),
+            "naive loop": lambda: naive_generation(model, tokenizer, prompt_ids, n),
+            "generate": lambda: _greedy(model, tokenizer, prompt_ids, n),
+        }
+        times: dict[str, list[float]] = {k: [] for k in configs}
+        loads = []
+        for r in range(args.reps):
+            wait_for_quiet(args.max_wait)
+            for name, fn in configs.items():
+                t, _, load = measure(fn, sample=False)
+                times[name].append(t)
+                loads.append(load)
+                log(f"  {n:3d} new tokens  round {r + 1}/{args.reps}  {name:18s} {t:7.2f} s  (foreign load {load:4.0%})")
+        fast_t = statistics.median(times["explain_generation"])
+        naive_t = statistics.median(times["naive loop"])
+        gen_t = statistics.median(times["generate"])
+        speedup = naive_t / fast_t
+        per_round = statistics.median(b / a for a, b in zip(times["explain_generation"], times["naive loop"]))
+        lines.append(
+            f"| {len(generated)} | {fast_t:.2f} | {naive_t:.2f} | **{speedup:.2f}×** | {gen_t:.2f} | {diff:.1e} "
+            f"| {'yes' if speedup >= 1.5 else '**no**'} |"
+        )
+        notes.append(
+            f"- {n} tokens: times min–max over rounds: explain_generation "
+            f"{min(times['explain_generation']):.2f}–{max(times['explain_generation']):.2f} s, naive loop "
+            f"{min(times['naive loop']):.2f}–{max(times['naive loop']):.2f} s; median of per-round speedups "
+            f"{per_round:.2f}×; highest foreign CPU load during a call {max(loads):.0%}"
+        )
+    intro = [
+        "## Generation attribution vs a naive loop",
+        "",
+        f"SmolLM2-135M-Instruct (CPU, fp32), AttnLRP. Prompt: the first {GEN_PROMPT_TOKENS} token ids of CPython's "
+        f"documentation text (`pydoc_data.topics.topics`): {prompt_text[:120]!r}…; greedy generation.",
+        "",
+        "- *explain_generation*: `attnlrp.explain_generation(model, tok, prompt_ids, max_new_tokens=N)` — generate, "
+        "then one forward under the rules over prompt + answer and one backward per generated token (plus one for "
+        "the whole answer).",
+        "- *naive loop*: `model.generate` with the same settings, then for each generated token k "
+        "`attnlrp.explain(model, tok, ids[:p_k], target=t_k)` — one forward + backward per token.",
+        "- **Both times include the greedy generation step** (its time alone is the *greedy generation alone* column); "
+        f"one warm-up call each (which also checks the results), then {args.reps} round-robin rounds, median.",
+        "- *max rel. difference*: max |a − b| / max |b| over all rows, a = explain_generation's matrix, "
+        "b = the naive loop's relevance (both generated the same tokens; required ≤ 1e-5).",
+        "",
+    ]
+    return "\n".join(intro + lines + [""] + notes)
+
+
+# ---------------------------------------------------------------------------------------------- long inputs
+LONG_LIMIT_MIB = 20 * 1024
+LONG_TIMEOUT_S = 300.0
+
+
+def long_child(n: int, method: str, checkpointing: bool, threads: int) -> int:
+    """One configuration in its own process: load, warm up on 32 tokens, then one timed + RSS-sampled call."""
+    import json
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+    from attnlrp import Explainer
+    from attnlrp.models import load_model
+
+    lm = load_model()
+    model, tokenizer = lm.model, lm.tokenizer
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    ex = Explainer(model, tokenizer, method=method)
+    ex.explain(doc_ids(tokenizer, 32))
+    ids = doc_ids(tokenizer, n)
+    assert len(ids) == n
+    runs = []
+    handle = model.model.layers[0].mlp.register_forward_pre_hook(lambda *a: runs.append(1))
+    release_freed_memory()
+    with ForeignLoad() as load, PeakRSS(interval=0.01) as rss:
+        t0 = time.perf_counter()
+        e = ex.explain(ids)
+        elapsed = time.perf_counter() - t0
+    handle.remove()
+    print(json.dumps({
+        "time": elapsed, "mib": rss.delta_mib, "peak_mib": rss.peak / MIB, "start_mib": rss.start / MIB,
+        "load": load.fraction, "layer0_mlp_runs": len(runs), "finite": bool(torch.isfinite(e.relevance).all()),
+    }), flush=True)
+    return 0
+
+
+def run_long_config(n: int, method: str, ckpt: bool, threads: int, limit_mib: float, timeout: float, log) -> dict:
+    """Run long_child in a subprocess; kill it if its RSS passes limit_mib or it runs longer than timeout."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, os.path.abspath(__file__), "--long-child", str(n), method, str(int(ckpt)),
+           "--threads", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    t0, peak, reason = time.perf_counter(), 0.0, None
+    while proc.poll() is None:
+        try:
+            rss = ps.memory_info().rss / MIB
+        except psutil.Error:
+            break
+        peak = max(peak, rss)
+        if rss > limit_mib:
+            reason = f"skipped: RSS passed {limit_mib / 1024:.0f} GiB"
+        elif time.perf_counter() - t0 > timeout:
+            reason = f"skipped: > {timeout:.0f} s"
+        if reason:
+            proc.kill()
+            proc.wait()
+            break
+        time.sleep(0.05)
+    out = proc.stdout.read() if proc.stdout else ""
+    if reason:
+        log(f"  {n:5d} {method:17s} ckpt={int(ckpt)}  {reason} (process RSS reached {peak / 1024:.1f} GiB)")
+        return {"skipped": reason}
+    if proc.returncode != 0:
+        log(f"  {n:5d} {method:17s} ckpt={int(ckpt)}  failed (exit {proc.returncode})")
+        return {"skipped": f"failed (exit {proc.returncode})"}
+    res = json.loads(out.strip().splitlines()[-1])
+    log(f"  {n:5d} {method:17s} ckpt={int(ckpt)}  {res['time']:7.1f} s  +{res['mib']:8.0f} MiB  "
+        f"(process peak {res['peak_mib']:.0f} MiB, layer-0 MLP ran {res['layer0_mlp_runs']}×, "
+        f"foreign load {res['load']:.0%})")
+    return res
+
+
+def run_long(args, threads: int, log) -> str:
+    methods = [("attnlrp", "AttnLRP"), ("input-x-gradient", "Input × Gradient")]
+    results: dict[tuple, dict] = {}
+    for n in args.long_lengths:
+        for method, _ in methods:
+            for ckpt in (False, True):
+                prev = [r for (m, c, k), r in results.items() if m == method and c == ckpt and "skipped" in r]
+                if prev:  # a shorter prompt already did not fit: a longer one will not either
+                    results[(method, ckpt, n)] = {"skipped": prev[-1]["skipped"] + " at a shorter length"}
+                    continue
+                results[(method, ckpt, n)] = run_long_config(
+                    n, method, ckpt, threads, args.long_limit_mib, args.long_timeout, log)
+    lines = [
+        "| tokens | method | checkpointing | time (s) | peak memory (MiB, over the loaded model) "
+        "| process peak RSS (MiB) | layer-0 MLP forward runs |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for n in args.long_lengths:
+        for method, label in methods:
+            for ckpt in (False, True):
+                r = results[(method, ckpt, n)]
+                c = "on" if ckpt else "off"
+                if "skipped" in r:
+                    lines.append(f"| {n} | {label} | {c} | — | — | — | {r['skipped']} |")
+                else:
+                    lines.append(
+                        f"| {n} | {label} | {c} | {r['time']:.1f} | {r['mib']:.0f} | {r['peak_mib']:.0f} "
+                        f"| {r['layer0_mlp_runs']} |"
+                    )
+    tgt = results.get(("attnlrp", True, 4096))
+    if tgt is None or "skipped" in tgt:
+        verdict = "- target (4,096 tokens within 8 GiB peak, AttnLRP with checkpointing): **not measured**"
+    else:
+        ok = tgt["peak_mib"] <= 8 * 1024
+        verdict = (f"- target (4,096 tokens within 8 GiB peak, AttnLRP with checkpointing): process peak "
+                   f"{tgt['peak_mib'] / 1024:.2f} GiB ({tgt['mib'] / 1024:.2f} GiB over the loaded model): "
+                   f"{'**met**' if ok else '**missed**'}")
+    loads = [r["load"] for r in results.values() if "load" in r]
+    intro = [
+        "## Long inputs and gradient checkpointing",
+        "",
+        "SmolLM2-135M-Instruct (CPU, fp32); prompts: the first N token ids of CPython's documentation text. "
+        "`Explainer(model, tok, method=M).explain(ids)` (the predicted next token), with and without "
+        "`model.gradient_checkpointing_enable()`.",
+        "",
+        "- **One repetition per configuration**, each in its own fresh process (model loaded, one 32-token warm-up "
+        "call, then the measured call). Time and memory come from the same call: RSS sampled every 10 ms "
+        "(`psutil`), after `gc.collect()` + `malloc_trim(0)`; *peak memory* is peak RSS minus RSS just before the "
+        "call (as in the table above), *process peak* is the whole process (model weights included).",
+        "- *layer-0 MLP forward runs*: 2 means checkpointing really recomputed the layer during the backward pass.",
+        f"- a configuration is killed and marked skipped if its process RSS passes "
+        f"{args.long_limit_mib / 1024:.0f} GiB (the machine has {psutil.virtual_memory().total / 2**30:.0f} GiB) "
+        f"or it runs longer than {args.long_timeout:.0f} s.",
+        "",
+    ]
+    tail = [""] + [verdict] + ([f"- highest foreign CPU load during a measured call: {max(loads):.0%}"] if loads else [])
+    return "\n".join(intro + lines + tail)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="128 tokens only, 3 repetitions")
@@ -416,9 +710,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds after which rounds are no longer rerun or delayed for load "
                              "(default 240; 90 with --quick)")
+    parser.add_argument("--generation", action="store_true",
+                        help="only the generation benchmark: explain_generation vs a naive per-token loop")
+    parser.add_argument("--gen-tokens", type=int, nargs="+", default=[16, 64],
+                        help="generated tokens for --generation (default 16 64)")
+    parser.add_argument("--long", action="store_true",
+                        help="only the long-input benchmark (slow): 512 / 2048 / 4096 tokens, checkpointing off/on")
+    parser.add_argument("--long-lengths", type=int, nargs="+", default=[512, 2048, 4096])
+    parser.add_argument("--long-limit-mib", type=float, default=LONG_LIMIT_MIB,
+                        help="kill a long configuration whose process RSS passes this (default 20 GiB)")
+    parser.add_argument("--long-timeout", type=float, default=LONG_TIMEOUT_S,
+                        help="kill a long configuration running longer than this many seconds (default 300)")
+    parser.add_argument("--long-child", nargs=3, metavar=("N", "METHOD", "CKPT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.long_child:
+        n, method, ckpt = args.long_child
+        return long_child(int(n), method, bool(int(ckpt)), args.threads or core_count())
+
     t_start = time.perf_counter()
+    if args.generation or args.long:
+        return main_sections(args, t_start)
     lengths = args.lengths or ([128] if args.quick else [128, 512])
     reps = args.reps or (3 if args.quick else 5)
     budget = args.budget if args.budget is not None else (90.0 if args.quick else 240.0)
@@ -457,6 +769,40 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.output, "w") as f:
             f.write(text)
         print(f"written to {args.output}")
+    return 0
+
+
+def main_sections(args, t_start: float) -> int:
+    """--generation / --long: print the section and, with --output, replace it in that file (rest kept)."""
+    threads = args.threads or core_count()
+    torch.set_num_threads(threads)
+    print(f"torch.set_num_threads({threads})  (cores: {core_count()}, CPU: {cpu_model()})", flush=True)
+    warnings.filterwarnings("ignore")
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "scripts/bench.py", *sys.argv[1:]])
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    sections = []
+    if args.generation:
+        from attnlrp.models import load_model
+
+        lm = load_model()
+        for p in lm.model.parameters():
+            p.requires_grad_(False)
+        args.reps = args.reps or 3
+        text = run_generation(lm.model, lm.tokenizer, args, log)
+        sections.append(("generation", text))
+    if args.long:
+        sections.append(("long", run_long(args, threads, log)))
+    for key, text in sections:
+        head, rest = text.split("\n", 1)
+        text = head + "\n\n" + "\n".join(machine_lines(threads, command)) + "\n" + rest
+        print(text)
+        if args.output:
+            write_section(args.output, key, text)
+            print(f"section {key!r} written to {args.output}")
+    print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
     return 0
 
 
