@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import warnings
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .engine import METHODS
 
@@ -132,7 +132,6 @@ def _token_arg(value: str | None) -> int | str | None:
 def _explain(args: argparse.Namespace) -> int:
     from .explain import Explainer
     from .models import load_model
-    from .render import should_color
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     loaded = load_model(
@@ -142,23 +141,36 @@ def _explain(args: argparse.Namespace) -> int:
     if args.generate is not None:
         return _explain_generation(args, prompt, loaded)
     explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, strict=args.strict, model_name=loaded.source)
+    explanation = _reporting_unruled_operations(lambda: explainer.explain(
+        prompt, target=_token_arg(args.target), contrast=_token_arg(args.contrast), position=args.position
+    ))
+    return _emit(args, explanation, top_k=args.top, html_label="HTML heatmap")
+
+
+def _reporting_unruled_operations(run: Callable[[], Any]) -> Any:
+    """Run ``run``; the warning about operations without a rule becomes one line on standard error."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        explanation = explainer.explain(
-            prompt, target=_token_arg(args.target), contrast=_token_arg(args.contrast), position=args.position
-        )
+        result = run()
     for warning in caught:
         if "without an LRP rule" in str(warning.message):
             print(f"warning: {warning.message}", file=sys.stderr)
+    return result
+
+
+def _emit(args: argparse.Namespace, explanation: Any, *, top_k: int, html_label: str) -> int:
+    """Write the HTML file if asked, then JSON or the terminal view on standard output."""
+    from .render import should_color
+
     if args.html:
         explanation.save_html(args.html)
     if args.json:
         print(explanation.to_json())
-    else:
-        color = {"always": True, "never": False}.get(args.color, should_color(sys.stdout))
-        print(explanation.to_terminal(color=color, top_k=args.top))
-        if args.html:
-            print(f"\nHTML heatmap: {args.html}")
+        return 0
+    color = {"always": True, "never": False}.get(args.color, should_color(sys.stdout))
+    print(explanation.to_terminal(color=color, top_k=top_k))
+    if args.html:
+        print(f"\n{html_label}: {args.html}")
     return 0
 
 
@@ -166,7 +178,6 @@ def _explain_generation(args: argparse.Namespace, prompt: str, loaded) -> int:
     """``explain --generate N``: the answer, each generated token's most relevant earlier tokens, the whole answer."""
     from .explain import ExplainError
     from .generation import explain_generation
-    from .render import should_color
 
     given = [flag for flag, value in (("--target", args.target), ("--contrast", args.contrast),
                                       ("--position", args.position)) if value is not None]
@@ -174,25 +185,11 @@ def _explain_generation(args: argparse.Namespace, prompt: str, loaded) -> int:
         raise ExplainError(f"{', '.join(given)} cannot be combined with --generate (it explains every generated token)")
     if args.generate < 1:
         raise ExplainError(f"--generate takes a positive number of tokens, got {args.generate}")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        explanation = explain_generation(
-            loaded.model, loaded.tokenizer, prompt, max_new_tokens=args.generate, method=args.method,
-            strict=args.strict, model_name=loaded.source,
-        )
-    for warning in caught:
-        if "without an LRP rule" in str(warning.message):
-            print(f"warning: {warning.message}", file=sys.stderr)
-    if args.html:
-        explanation.save_html(args.html)
-    if args.json:
-        print(explanation.to_json())
-    else:
-        color = {"always": True, "never": False}.get(args.color, should_color(sys.stdout))
-        print(explanation.to_terminal(color=color, top_k=3))
-        if args.html:
-            print(f"\nHTML view: {args.html}")
-    return 0
+    explanation = _reporting_unruled_operations(lambda: explain_generation(
+        loaded.model, loaded.tokenizer, prompt, max_new_tokens=args.generate, method=args.method,
+        strict=args.strict, model_name=loaded.source,
+    ))
+    return _emit(args, explanation, top_k=3, html_label="HTML view")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
