@@ -185,7 +185,10 @@ def test_gradient_checkpointing_recomputes_under_the_rules(reentrant):
     tok = word_tokenizer()
     plain = attnlrp.explain(tiny_llama(torch.float64), tok, PROMPT)
     model = tiny_llama(torch.float64)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.24 (the old name is deprecated there)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    else:  # transformers 4.57
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     layer = model.model.layers[0]
     checkpoint_function = layer._gradient_checkpointing_func
     runs = []
