@@ -252,12 +252,18 @@ def explain_generation(
     matrix = torch.zeros(n, seq_len, dtype=torch.float64)
     values: list[float] = []
     ledgers: list[LedgerReport] = []
+    positions = torch.arange(start - 1, start - 1 + n, device=device)
+    keep_only = "logits_to_keep" in inspect.signature(model.forward).parameters
+    if keep_only:
+        # the vocabulary projection only where a generated token is read: every row's backward then skips
+        # the (positions × vocabulary) matmul of all other positions
+        inputs["logits_to_keep"] = positions
     with torch.enable_grad(), LRPContext(model, method, strict=strict) as ctx:
         ctx.batch_size = 1
         logits = model(**inputs).logits[0]
         targets = torch.tensor(generated, device=logits.device)
-        positions = torch.arange(start - 1, start - 1 + n, device=logits.device)
-        logit_values = logits[positions, targets].to(torch.float64)
+        rows = torch.arange(n, device=logits.device) if keep_only else positions.to(logits.device)
+        logit_values = logits[rows, targets].to(torch.float64)
         if not torch.isfinite(logit_values.detach()).all():
             raise ExplainError(
                 "the model produced a non-finite logit (NaN or inf) for a generated token; check the model's "
