@@ -14,3 +14,21 @@ def smollm2():
     from attnlrp.models import load_model
 
     return load_model()
+
+
+@pytest.fixture(scope="module")
+def llama64():
+    """A tiny seeded Llama in float64 (tests/tiny.py), one per test module."""
+    from tiny import tiny_llama
+
+    import torch
+
+    return tiny_llama(torch.float64)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The word-level tokenizer of the tiny models."""
+    from tiny import word_tokenizer
+
+    return word_tokenizer()

@@ -16,16 +16,6 @@ from tiny import tiny_bert, tiny_llama, word_tokenizer
 PROMPT = "paris is the capital of france . lisbon is the capital of"
 
 
-@pytest.fixture(scope="module")
-def llama64():
-    return tiny_llama(torch.float64)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
-
-
 def logits_of(model, tok, text):
     ids = torch.tensor([tok(text)["input_ids"]])
     with torch.no_grad():

@@ -22,16 +22,6 @@ PROMPT = "paris is the capital of france . lisbon is the capital of"
 
 
 @pytest.fixture(scope="module")
-def llama64():
-    return tiny_llama(torch.float64)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def generation(llama64, tok):
     return explain_generation(llama64, tok, PROMPT, max_new_tokens=4)
 

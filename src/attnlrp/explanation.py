@@ -48,8 +48,22 @@ class Target:
         }
 
 
+class HtmlView:
+    """``save_html`` and the notebook view for any result that renders itself with ``to_html(full_page=…)``."""
+
+    def to_html(self, *, full_page: bool = True) -> str:  # pragma: no cover - implemented by each result
+        raise NotImplementedError
+
+    def save_html(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(self.to_html())
+
+    def _repr_html_(self) -> str:
+        return self.to_html(full_page=False)
+
+
 @dataclass(frozen=True)
-class Explanation:
+class Explanation(HtmlView):
     """Relevance of each input token for one explained value."""
 
     tokens: list[str]
@@ -163,13 +177,6 @@ class Explanation:
             top_k=top_k,
             full_page=full_page,
         )
-
-    def save_html(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(self.to_html())
-
-    def _repr_html_(self) -> str:
-        return self.to_html(full_page=False)
 
     def to_terminal(self, *, color: bool = True, top_k: int = 10) -> str:
         from .render import heatmap_terminal, ranking_table

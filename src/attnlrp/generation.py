@@ -21,11 +21,12 @@ from torch import nn
 from .audit import LedgerReport
 from .engine import LRPContext, METHODS
 from .errors import ExplainError
+from .explanation import HtmlView
 from .explain import Prompt, _check_model, _head_of, _max_length, _prepare, input_device
 
 
 @dataclass(frozen=True)
-class GenerationExplanation:
+class GenerationExplanation(HtmlView):
     """Relevance of each token of prompt + answer for each generated token (rows) and for the whole answer.
 
     ``tokens`` / ``token_ids`` hold the prompt, then the generated tokens; ``matrix[k, j]`` is the relevance of
@@ -134,13 +135,6 @@ class GenerationExplanation:
             details=self._details(),
             full_page=full_page,
         )
-
-    def save_html(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(self.to_html())
-
-    def _repr_html_(self) -> str:
-        return self.to_html(full_page=False)
 
     def to_terminal(self, *, color: bool = True, top_k: int = 3) -> str:
         from .render import heatmap_terminal, terminal_text, token_repr

@@ -7,7 +7,6 @@ import torch
 
 import attnlrp
 from attnlrp import Explainer
-from tiny import word_tokenizer
 
 from .configs import LATER, TRANSFORMERS_MAJOR, build
 from .support_report import record
@@ -23,11 +22,6 @@ LEDGER_RTOL = {"t5": 1e-7} if TRANSFORMERS_MAJOR < 5 else {}
 def fastest_attention(name):
     """sdpa, or eager where transformers has no sdpa for the model (T5 before transformers 5)."""
     return LATER[name].attn_implementations[-1]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
 
 
 def decoder_logits(model, tok, source, prefix_ids):

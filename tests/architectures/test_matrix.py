@@ -41,11 +41,6 @@ LEDGER_RTOL = 1e-4
 _explanations: dict[tuple, object] = {}
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return word_tokenizer()
-
-
 def _explain(model, tok, prompt, method="attnlrp"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the unhandled-op warning: (a) asserts on e.unhandled instead
