@@ -48,6 +48,18 @@ class Target:
         }
 
 
+def ranked_tokens(
+    tokens: list[str], relevance: torch.Tensor, special: list[bool], k: int, *, include_special: bool = False
+) -> list[tuple[int, str, float]]:
+    """The ``k`` highest of ``relevance`` (one per leading token) as ``(index, token, relevance)``; special
+    tokens (BOS, [CLS]…) left out unless asked."""
+    order = torch.argsort(relevance, descending=True, stable=True).tolist()
+    ranked = [(i, tokens[i], float(relevance[i])) for i in order]
+    if not include_special and special:
+        ranked = [r for r in ranked if not special[r[0]]]
+    return ranked[:k]
+
+
 class HtmlView:
     """``save_html`` and the notebook view for any result that renders itself with ``to_html(full_page=…)``."""
 
@@ -110,11 +122,7 @@ class Explanation(HtmlView):
 
     def top(self, k: int = 10, *, include_special: bool = False) -> list[tuple[int, str, float]]:
         """The ``k`` most relevant tokens as ``(index, token, relevance)``, highest first."""
-        order = torch.argsort(self.relevance, descending=True, stable=True).tolist()
-        ranked = [(i, self.tokens[i], float(self.relevance[i])) for i in order]
-        if not include_special and self.special:
-            ranked = [r for r in ranked if not self.special[r[0]]]
-        return ranked[:k]
+        return ranked_tokens(self.tokens, self.relevance, self.special, k, include_special=include_special)
 
     # -------------------------------------------------------------------------------------------- outputs
     def to_dict(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from torch import nn
 from .audit import LedgerReport
 from .engine import LRPContext, METHODS
 from .errors import ExplainError
-from .explanation import HtmlView
+from .explanation import HtmlView, ranked_tokens
 from .explain import Prompt, _check_model, _head_of, _max_length, _prepare, input_device
 
 
@@ -73,13 +73,8 @@ class GenerationExplanation(HtmlView):
 
     def top(self, k: int, n: int = 3, *, include_special: bool = False) -> list[tuple[int, str, float]]:
         """The ``n`` most relevant earlier tokens for generated token ``k`` as ``(index, token, relevance)``."""
-        end = self.position(k)
-        row = self.matrix[k, :end]
-        order = torch.argsort(row, descending=True, stable=True).tolist()
-        ranked = [(i, self.tokens[i], float(row[i])) for i in order]
-        if not include_special and self.special:
-            ranked = [r for r in ranked if not self.special[r[0]]]
-        return ranked[:n]
+        row = self.matrix[k, : self.position(k)]
+        return ranked_tokens(self.tokens, row, self.special, n, include_special=include_special)
 
     # --------------------------------------------------------------------------------------------- outputs
     def to_dict(self) -> dict[str, Any]:

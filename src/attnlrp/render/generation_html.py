@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from .colors import NEGATIVE_RGB, POSITIVE_RGB, relevance_rgb, symmetric_scale
 from .escape import html_text, html_token, token_repr
-from .html import _prefix, _rgb
+from .html import _prefix, _rgb, document
 from .ranking import format_score
 
 __all__ = ["generation_html", "script_json"]
@@ -167,12 +167,4 @@ def generation_html(
     }
     parts.append(f"<script>{script}</script>")
     css = f"<style>{_CSS.format(p=p)}</style>"
-    body = "".join(parts)
-    if not full_page:
-        return css + body
-    page_title = html_text(title or "AttnLRP relevance of a generated answer")
-    return (
-        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{page_title}</title>\n{css}\n</head>\n<body>\n{body}\n</body>\n</html>\n"
-    )
+    return document(css, "".join(parts), title or "AttnLRP relevance of a generated answer", full_page)

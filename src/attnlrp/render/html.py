@@ -106,13 +106,15 @@ def heatmap_html(
         parts.append(_rank_table("most negative tokens", bottom, toks, vals, ranks, scale))
     parts.append("</div>")
 
-    css = f"<style>{_CSS.format(p=p)}</style>"
-    body = "".join(parts)
+    return document(f"<style>{_CSS.format(p=p)}</style>", "".join(parts), title or "AttnLRP relevance", full_page)
+
+
+def document(css: str, body: str, title: str, full_page: bool) -> str:
+    """A standalone HTML5 page around ``css`` + ``body`` (``title`` escaped here), or the fragment alone."""
     if not full_page:
         return css + body
-    page_title = html_text(title or "AttnLRP relevance")
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{page_title}</title>\n{css}\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+        f"<title>{html_text(title)}</title>\n{css}\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
