@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import warnings
@@ -59,7 +60,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="attention implementation (default: transformers' choice, SDPA where available)")
     audit.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     audit.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (unsafe)")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(commands)
     return parser
+
+
+# Further subcommands, one module each: ``register(subparsers)`` adds its parser and sets ``run=`` (a function of
+# the parsed arguments returning the exit status) with ``set_defaults``.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 AUDIT_PROMPT = "The quick brown fox jumps over the lazy dog because it"
@@ -206,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _explain(args)
         if args.command == "audit":
             return _audit(args)
+        if getattr(args, "run", None) is not None:
+            return args.run(args)
     except (ExplainError, ModelLoadError, UnhandledOperationError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ position (and token-type) ids, so each row's relevance equals explaining that pr
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from .engine import LRPContext, METHODS
 from .audit import SharedAbsorptionError
 from .errors import ExplainError
 from .explanation import Explanation, Target
+from .latent import LatentRecorder
 from .tokens import TokenizedPrompt, from_ids, tokenize
 
 Prompt = Union[str, Sequence[int], torch.Tensor]
@@ -194,15 +196,18 @@ class Explainer:
         contrast: int | str | None = None,
         position: int | None = None,
         decoder_prefix: Prompt | None = None,
+        latents: bool = False,
     ) -> Explanation:
         """Explain one prompt. ``target``: a token (string or id), a class, or a callable on the output.
 
         Encoder-decoder models explain a decoder token over the encoder input *and* the decoder prefix
         (``decoder_prefix``: text or ids after the decoder start token; default empty).
+        ``latents=True`` also reads the relevance of every layer's residual stream, MLP neurons and attention
+        heads from the same backward pass (``Explanation.latents``, see ``attnlrp.latent``).
         """
         return self.explain_batch(
             [prompt], target=target, contrast=contrast, position=position,
-            decoder_prefix=None if decoder_prefix is None else [decoder_prefix],
+            decoder_prefix=None if decoder_prefix is None else [decoder_prefix], latents=latents,
         )[0]
 
     def explain_batch(
@@ -213,6 +218,7 @@ class Explainer:
         contrast: int | str | None | Sequence[int | str | None] = None,
         position: int | None | Sequence[int | None] = None,
         decoder_prefix: Sequence[Prompt | None] | None = None,
+        latents: bool = False,
     ) -> list[Explanation]:
         """Explain several prompts in one padded forward and backward pass; each row as if alone."""
         if isinstance(prompts, (str, torch.Tensor)) or not isinstance(prompts, Sequence) or not prompts:
@@ -240,16 +246,16 @@ class Explainer:
         positions = _per_row(position, rows, "position")
         if rows > 1 and not self._batch_shares_absorbers:
             try:
-                return self._run(segments, targets, contrasts, positions)
+                return self._run(segments, targets, contrasts, positions, latents)
             except SharedAbsorptionError:
                 # the model adds a tensor computed once for the whole batch (T5's relative position bias):
                 # its absorbed relevance cannot be split per row, so rows run one at a time from now on
                 self._batch_shares_absorbers = True
         if rows == 1:
-            return self._run(segments, targets, contrasts, positions)
+            return self._run(segments, targets, contrasts, positions, latents)
         return [
             self._run([_Segment(s.name, [s.rows[r]], s.embeds_kwarg, s.mask_kwarg) for s in segments],
-                      [targets[r]], [contrasts[r]], [positions[r]])[0]
+                      [targets[r]], [contrasts[r]], [positions[r]], latents)[0]
             for r in range(rows)
         ]
 
@@ -286,7 +292,7 @@ class Explainer:
             mask[row, : len(p)] = 1
         return ids, mask
 
-    def _run(self, segments: list["_Segment"], targets, contrasts, positions) -> list[Explanation]:
+    def _run(self, segments: list["_Segment"], targets, contrasts, positions, latents: bool = False) -> list[Explanation]:
         device = input_device(self.model, self._embedding)
         vocab_size = self._embedding.weight.shape[0] if hasattr(self._embedding, "weight") else len(self.tokenizer)
         inputs: dict[str, Any] = {}
@@ -305,7 +311,8 @@ class Explainer:
             inputs["use_cache"] = False
         rows = len(segments[0].rows)
         output_rows = segments[-1].rows  # positions refer to the last segment (the decoder, if any)
-        with torch.enable_grad(), LRPContext(self.model, self.method, strict=self.strict) as ctx:
+        recorder = LatentRecorder(self.model) if latents else contextlib.nullcontext()
+        with torch.enable_grad(), LRPContext(self.model, self.method, strict=self.strict) as ctx, recorder:
             ctx.batch_size = rows
             output = self.model(**inputs)
             values, resolved = self._values(output, output_rows, targets, contrasts, positions, vocab_size)
@@ -335,6 +342,11 @@ class Explainer:
                 "The ledger's residual quantifies it; pass strict=True to make this an error.",
                 stacklevel=3,
             )
+        latent_rows: list[Any] = [None] * rows
+        if latents:
+            latent_rows = recorder.rows(
+                [len(p) for p in output_rows], [p.tokens for p in output_rows], [p.special for p in output_rows]
+            )
         explanations = []
         for row in range(rows):
             parts = [(segment, segment.rows[row]) for segment in segments]
@@ -357,6 +369,7 @@ class Explainer:
                     unhandled=unhandled,
                     covered=covered,
                     segments=[] if len(parts) == 1 else [seg.name for seg, p in parts for _ in p.input_ids],
+                    latents=latent_rows[row],
                 )
             )
         return explanations
@@ -464,7 +477,9 @@ def explain(
     position: int | None = None,
     decoder_prefix: Prompt | None = None,
     strict: bool = False,
+    latents: bool = False,
 ) -> Explanation:
     """Explain one prompt with ``method`` (``attnlrp``, ``cp-lrp``, ``input-x-gradient``, ``gradient``)."""
     explainer = Explainer(model, tokenizer, method=method, strict=strict)
-    return explainer.explain(prompt, target=target, contrast=contrast, position=position, decoder_prefix=decoder_prefix)
+    return explainer.explain(prompt, target=target, contrast=contrast, position=position,
+                             decoder_prefix=decoder_prefix, latents=latents)

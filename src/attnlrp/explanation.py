@@ -92,6 +92,7 @@ class Explanation(HtmlView):
     unhandled: list[dict] = field(default_factory=list)  # non-linear operations that ran without a rule
     covered: list[dict] = field(default_factory=list)  # which rule covered which operation, with counts
     segments: list[str] = field(default_factory=list)  # per token, for encoder-decoders: "encoder" / "decoder"
+    latents: Any = None  # attnlrp.latent.LatentRelevance when explained with latents=True
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -142,6 +143,7 @@ class Explanation(HtmlView):
             "covered": list(self.covered),
             "segments": list(self.segments),
             "segment_totals": self.segment_totals(),
+            **({"latents": self.latents.to_dict()} if self.latents is not None else {}),
         }
 
     def to_json(self, **kwargs: Any) -> str:
