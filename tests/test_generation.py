@@ -72,6 +72,25 @@ def test_answer_row_is_the_sum_of_the_rows(generation):
     assert generation.answer_ledger.value == pytest.approx(generation.answer_value)
 
 
+@pytest.mark.parametrize("method", ["attnlrp", "gradient"])
+def test_answer_row_equals_one_backward_of_the_summed_logits(llama64, tok, method):
+    """Oracle for the answer row, which explain_generation builds from the rows' gradients (linearity): one
+    ordinary explained pass whose target is the sum of the generated tokens' logits (for "gradient", the norm
+    of the summed gradient, which is not the sum of the rows' norms)."""
+    g = explain_generation(llama64, tok, PROMPT, max_new_tokens=4, method=method)
+    positions = torch.arange(g.prompt_length - 1, len(g.tokens) - 1)
+    targets = torch.tensor(g.generated_ids)
+
+    def summed_logits(output):
+        return output.logits[0, positions, targets].sum().reshape(1)
+
+    whole = attnlrp.explain(llama64, tok, g.token_ids[:-1], method=method, target=summed_logits)
+    torch.testing.assert_close(g.answer_relevance[:-1], whole.relevance, rtol=1e-6, atol=1e-9)
+    assert g.answer_value == pytest.approx(whole.value, rel=1e-12)
+    assert g.answer_ledger.input == pytest.approx(whole.ledger.input, rel=1e-6)
+    assert g.answer_ledger.absorbed == pytest.approx(whole.ledger.absorbed, rel=1e-6, abs=1e-12)
+
+
 def test_ledger_balanced_per_row(generation):
     assert len(generation.ledgers) == len(generation)
     for k, ledger in enumerate(generation.ledgers):

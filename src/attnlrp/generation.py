@@ -3,7 +3,9 @@ before it, and the relevance of the answer as a whole.
 
 The model generates first (no rule active). Then ONE forward pass over prompt + answer (minus the last generated
 token, which is never an input) runs under the rules, and each generated token's logit at the position before it
-is differentiated on its own (one backward per token, the graph kept), plus the sum of all of them (the answer).
+is differentiated on its own (one backward per token, the graph kept). The answer as a whole (the sum of the
+generated logits) needs no pass of its own: the rules' backward is linear in its seed, so its gradient is the sum
+of the rows' gradients.
 Row ``k`` equals explaining the prefix that precedes generated token ``k`` with that token as target.
 """
 
@@ -172,6 +174,25 @@ def _pad_token_id(model: nn.Module, tokenizer) -> int | None:
     return None
 
 
+def _input_relevance(leaf: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Per position, gradient × input summed over the embedding (in float64)."""
+    return (leaf.detach().double() * grad.double()).sum(dim=-1)[0]
+
+
+def _scores(leaf: torch.Tensor, grad: torch.Tensor, method: str) -> torch.Tensor:
+    """What a row shows: the relevance, or the gradient's norm for the plain-gradient method."""
+    return grad.double().norm(dim=-1)[0] if method == "gradient" else _input_relevance(leaf, grad)
+
+
+def _summed(ledgers: list[LedgerReport], *, value: float) -> LedgerReport:
+    """The ledger of a sum of targets: every entry is linear in the seed, so the rows' ledgers add up."""
+    sites: dict[str, float] = {}
+    for ledger in ledgers:
+        for site, amount in ledger.by_site.items():
+            sites[site] = sites.get(site, 0.0) + amount
+    return LedgerReport(input=sum(l.input for l in ledgers), absorbed=sum(sites.values()), value=value, by_site=sites)
+
+
 def explain_generation(
     model: nn.Module,
     tokenizer,
@@ -267,17 +288,21 @@ def explain_generation(
             grad = torch.zeros_like(leaf) if grads[0] is None else grads[0]
             if not torch.isfinite(grad).all():
                 raise ExplainError("relevance is not finite (NaN/inf in the backward pass); try float32")
-            totals = (leaf.detach().double() * grad.double()).sum(dim=-1)[0]
-            scores = grad.double().norm(dim=-1)[0] if method == "gradient" else totals
-            report = ctx.ledger.row(0, input_relevance=float(totals.sum()), value=float(value.detach()))
-            return scores.cpu(), report
+            report = ctx.ledger.row(0, input_relevance=float(_input_relevance(leaf, grad).sum()),
+                                    value=float(value.detach()))
+            return grad, report
 
+        # Every rule's backward is linear in the gradient it receives, so the answer's gradient (the sum of the
+        # generated logits) is the sum of the rows' gradients: no extra backward pass for it.
+        answer_grad = torch.zeros_like(leaf, dtype=torch.float64)
         for k in range(n):
-            scores, report = backward(logit_values[k], retain=True)
-            matrix[k, : seq_len - 1] = scores
+            grad, report = backward(logit_values[k], retain=k < n - 1)
+            answer_grad += grad.double()
+            matrix[k, : seq_len - 1] = _scores(leaf, grad, method).cpu()
             values.append(float(logit_values[k].detach()))
             ledgers.append(report)
-        answer_scores, answer_ledger = backward(logit_values.sum(), retain=False)
+        answer_scores = _scores(leaf, answer_grad, method).cpu()
+        answer_ledger = _summed(ledgers, value=float(logit_values.detach().sum()))
     answer = torch.zeros(seq_len, dtype=torch.float64)
     answer[: seq_len - 1] = answer_scores
     unhandled = ctx.audit.unhandled_list()
