@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_PROMPT := Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy. Madrid is the capital of Spain. Lisbon is the capital of
 
-.PHONY: venv demo test test-transformers-4.57 bench bench-generation bench-long support-table lxt-reference clean
+.PHONY: venv demo test test-transformers-4.57 bench bench-generation bench-long support-table lxt-reference evaluate evaluate-quick concepts-example clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,28 @@ bench-generation: $(STAMP)
 # one fresh process per configuration. Replaces its own section of docs/benchmarks.md.
 bench-long: $(STAMP)
 	$(PY) scripts/bench.py --long --output docs/benchmarks.md
+
+# Faithfulness evaluation (docs/evaluation/: results.json, results.md, run.json, curves*.png): every task, every
+# method, both perturbations. EVAL_PROCS processes share the samples (torchrun, gloo on CPU): on 2 cores two
+# single-threaded processes beat one two-threaded one.
+# The curves are read at every 10 % of the flippable tokens (--steps 10): one token per step costs ~2x the time.
+# EVAL_ARGS adds options, e.g. `make evaluate EVAL_ARGS="--n 40"` for fewer samples per task.
+EVAL_PROCS ?= 2
+EVAL_ARGS ?=
+EVALUATE := $(VENV)/bin/torchrun --standalone --nproc_per_node $(EVAL_PROCS) -m attnlrp.cli evaluate --steps 10
+
+evaluate: $(STAMP)
+	$(EVALUATE) --task all --output-dir docs/evaluation $(EVAL_ARGS)
+
+# The same on a few samples per task (minutes): a smoke run of the whole pipeline
+evaluate-quick: $(STAMP)
+	$(EVALUATE) --task all --n 6 --output-dir out/evaluation-quick
+
+# docs/concepts-example.html, rebuilt into out/: an atlas of the first 320 windows of the default corpus
+concepts-example: $(STAMP)
+	mkdir -p out
+	OMP_NUM_THREADS=1 $(VENV)/bin/attnlrp concepts build --limit 320 --db out/concepts-example.sqlite
+	$(VENV)/bin/attnlrp concepts show 22 477 --db out/concepts-example.sqlite --html out/concepts-example.html
 
 # README's support table, generated from a run of tests/architectures and tests/test_real_models.py
 support-table: $(STAMP)

@@ -1,0 +1,131 @@
+"""``attnlrp concepts build …`` and ``attnlrp concepts show LAYER NEURON …``: the concept atlas on the command line.
+
+Thin: parses, calls :mod:`attnlrp.concepts`, prints. Errors are :class:`AtlasError` (an ``ExplainError``), which
+``attnlrp.cli.main`` prints as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+MODEL_HELP = ("a local folder, a .gguf file, a hub id, or 'smollm2' (default: embedded SmolLM2-135M-Instruct); "
+              "also names the default --db")
+
+
+def register(subparsers) -> None:
+    concepts = subparsers.add_parser(
+        "concepts", help="concept atlas: the corpus windows that excite each MLP neuron (ActMax) or make it "
+        "relevant (RelMax)",
+        description="Build and browse a concept atlas: for each MLP neuron of chosen layers, the top-k corpus "
+        "windows by activation (ActMax) and by AttnLRP relevance for the model's own next-token prediction "
+        "(RelMax), stored in one SQLite file.",
+    )
+    commands = concepts.add_subparsers(dest="concepts_command", required=True)
+
+    build = commands.add_parser(
+        "build", help="build or resume an atlas",
+        description="Build the atlas, or resume an interrupted build (same command again): chunks are committed "
+        "atomically, so Ctrl-C or a kill loses at most the current chunk.",
+    )
+    build.add_argument("--model", default=None, help=MODEL_HELP)
+    build.add_argument("--corpus", default=None, metavar="FILE",
+                       help="UTF-8 text file, one document per paragraph (default: the Python documentation "
+                       "text CPython ships, pydoc_data.topics)")
+    build.add_argument("--layers", default=None,
+                       help="comma-separated layer indices or 'all' (default: three at 1/4, 1/2 and 3/4 depth)")
+    build.add_argument("--top-k", type=int, default=10, help="samples per neuron and ranking (default: 10)")
+    build.add_argument("--window", type=int, default=48, help="text tokens per window (default: 48)")
+    build.add_argument("--limit", type=int, default=None, metavar="N", help="stop after the first N windows")
+    build.add_argument("--db", default=None, metavar="PATH",
+                       help="the atlas file (default: $ATTNLRP_CACHE or ~/.cache/attnlrp, concepts-<model>.sqlite)")
+    build.add_argument("--batch-size", type=int, default=8, help="windows per explained pass (default: 8)")
+    build.add_argument("--chunk-size", type=int, default=64,
+                       help="windows per committed chunk, a multiple of --batch-size (default: 64)")
+    build.add_argument("--method", default="attnlrp", choices=("attnlrp", "cp-lrp", "input-x-gradient"),
+                       help="relevance for RelMax (default: attnlrp)")
+    build.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+    build.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (unsafe)")
+    build.set_defaults(run=_build)
+
+    show = commands.add_parser(
+        "show", help="a neuron's reference samples (terminal, HTML, JSON)",
+        description="Show a neuron's reference samples with its activation or relevance at every token.",
+    )
+    show.add_argument("layer", type=int, help="layer index (one of the atlas's layers)")
+    show.add_argument("neuron", type=int, help="neuron index within the layer's MLP")
+    show.add_argument("--db", default=None, metavar="PATH", help="the atlas file (default: that of --model)")
+    show.add_argument("--model", default=None, help="only names the default --db (as for build)")
+    show.add_argument("--by", choices=("actmax", "relmax", "both"), default="both", help="ranking (default: both)")
+    show.add_argument("--top", type=int, default=None, metavar="N", help="show only the first N samples")
+    show.add_argument("--html", default=None, metavar="FILE", help="write an HTML page to FILE")
+    show.add_argument("--json", action="store_true", help="print one JSON object instead of the terminal view")
+    show.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="terminal colours")
+    show.set_defaults(run=_show)
+
+
+def _layers(value: str | None) -> list[int] | str | None:
+    from .concepts import AtlasError
+
+    if value is None or value.strip().lower() == "all":
+        return value if value is None else "all"
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise AtlasError(f"--layers takes comma-separated layer indices or 'all', not {value!r}") from None
+
+
+def _build(args: argparse.Namespace) -> int:
+    from . import models
+    from .concepts import build_atlas, default_db_path
+
+    layers = _layers(args.layers)
+    db = args.db or default_db_path(args.model)
+    loaded = models.load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                               allow_pickle=args.allow_pickle)
+    started = time.perf_counter()
+    try:
+        atlas = build_atlas(
+            loaded.model, loaded.tokenizer, args.corpus, db, layers=layers, top_k=args.top_k, window=args.window,
+            batch_size=args.batch_size, chunk_size=args.chunk_size, limit=args.limit, method=args.method,
+            model_name=loaded.source.split(" (")[0], progress=not args.no_progress,  # no cache path
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the committed chunks are kept in {db}; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    with atlas:
+        info = atlas.describe()
+    state = "complete" if info["windows_done"] >= info["windows_total"] else "partial"
+    print(f"atlas: {info['path']} ({state}: {info['windows_done']} of {info['windows_total']} windows; layers "
+          f"{', '.join(map(str, info['layers']))}; {info['neurons']} neurons each; top {info['top_k']}) "
+          f"in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .concepts import Atlas, AtlasError, default_db_path
+    from .concepts.render import concept_dict, concept_html, concept_terminal
+    from .render import should_color
+
+    if args.top is not None and args.top < 1:
+        raise AtlasError(f"--top must be at least 1, got {args.top}")
+    kinds = ("actmax", "relmax") if args.by == "both" else (args.by,)
+    with Atlas.open(args.db or default_db_path(args.model)) as atlas:
+        groups = {kind: atlas.samples(args.layer, args.neuron, by=kind)[: args.top] for kind in kinds}
+        info = atlas.describe()
+    if args.html:
+        with open(args.html, "w", encoding="utf-8") as handle:
+            handle.write(concept_html(info, args.layer, args.neuron, groups))
+    if args.json:
+        print(json.dumps(concept_dict(info, args.layer, args.neuron, groups), ensure_ascii=False))
+        return 0
+    color = {"always": True, "never": False}.get(args.color, should_color(sys.stdout))
+    print(concept_terminal(info, args.layer, args.neuron, groups, color=color))
+    if args.html:
+        print(f"\nHTML page: {args.html}")
+    return 0
