@@ -62,7 +62,7 @@ bench-long: $(STAMP)
 # method, both perturbations. EVAL_PROCS processes share the samples (torchrun, gloo on CPU): on 2 cores two
 # single-threaded processes beat one two-threaded one.
 # The curves are read at every 10 % of the flippable tokens (--steps 10): one token per step costs ~2x the time.
-# EVAL_ARGS adds options, e.g. `make evaluate EVAL_ARGS="--n 40"` for fewer samples per task.
+# EVAL_ARGS adds options, e.g. `make evaluate EVAL_ARGS="--samples 40"` for fewer samples per task.
 EVAL_PROCS ?= 2
 EVAL_ARGS ?=
 EVALUATE := $(VENV)/bin/torchrun --standalone --nproc_per_node $(EVAL_PROCS) -m attnlrp.cli evaluate --steps 10
@@ -72,7 +72,7 @@ evaluate: $(STAMP)
 
 # The same on a few samples per task (minutes): a smoke run of the whole pipeline
 evaluate-quick: $(STAMP)
-	$(EVALUATE) --task all --n 6 --output-dir out/evaluation-quick
+	$(EVALUATE) --task all --samples 6 --output-dir out/evaluation-quick
 
 # docs/concepts-example.html, rebuilt into out/: an atlas of the first 320 windows of the default corpus
 concepts-example: $(STAMP)
