@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     summary = runner.summarise(records)
     if args.output_dir:
         info = run_info(
-            "attnlrp " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["evaluate"]
+            "attnlrp evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["evaluate"]
             else "attnlrp evaluate (from Python)",
             model=loaded.source if loaded is not None else "digits ViT",
             processes=world, samples={task: len(items) for task, items in jobs},
