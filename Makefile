@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_PROMPT := Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy. Madrid is the capital of Spain. Lisbon is the capital of
 
-.PHONY: venv demo test test-transformers-4.57 bench bench-generation bench-long support-table lxt-reference evaluate evaluate-quick concepts-example clean
+.PHONY: venv demo test test-transformers-4.57 bench bench-generation bench-long support-table lxt-reference evaluate evaluate-quick concepts-example evidence clean
 
 venv: $(STAMP)
 
@@ -73,6 +73,10 @@ evaluate: $(STAMP)
 # The same on a few samples per task (minutes): a smoke run of the whole pipeline
 evaluate-quick: $(STAMP)
 	$(EVALUATE) --task all --samples 6 --output-dir out/evaluation-quick
+
+# Neuron evidence study of issue #5: writes docs/neuron-evidence.md and .json (~17 min on 2 idle cores)
+evidence: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) scripts/neuron_evidence.py --threads 1
 
 # docs/concepts-example.html, rebuilt into out/: an atlas of the first 320 windows of the default corpus
 concepts-example: $(STAMP)

@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Further subcommands, one module each: ``register(subparsers)`` adds its parser and sets ``run=`` (a function of
 # the parsed arguments returning the exit status) with ``set_defaults``.
-COMMAND_MODULES: tuple[str, ...] = ("cli_concepts", "cli_evaluate")
+COMMAND_MODULES: tuple[str, ...] = ("cli_concepts", "cli_neurons", "cli_steer", "cli_evaluate")
 
 
 AUDIT_PROMPT = "The quick brown fox jumps over the lazy dog because it"
