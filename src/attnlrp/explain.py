@@ -81,6 +81,16 @@ def input_device(model: nn.Module, embedding: nn.Module) -> torch.device:
     return real[0] if real else torch.device("cpu")
 
 
+def token_relevance(leaf: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Per token, gradient × input summed over the embedding, in float64: ``(..., tokens)``."""
+    return (leaf.detach().double() * grad.double()).sum(dim=-1)
+
+
+def token_scores(leaf: torch.Tensor, grad: torch.Tensor, method: str) -> torch.Tensor:
+    """What a heatmap shows per token: the relevance, or the gradient's L2 norm for the plain-gradient method."""
+    return grad.double().norm(dim=-1) if method == "gradient" else token_relevance(leaf, grad)
+
+
 def _max_length(model: nn.Module, tokenizer) -> int | None:
     limits = []
     config = getattr(model, "config", None)
@@ -330,8 +340,8 @@ class Explainer:
             grad = torch.zeros_like(leaf) if grad is None else grad
             if not torch.isfinite(grad).all():
                 raise ExplainError("relevance is not finite (NaN/inf in the backward pass); try float32")
-            totals = (leaf.detach().double() * grad.double()).sum(dim=-1)
-            scores = grad.double().norm(dim=-1) if self.method == "gradient" else totals
+            totals = token_relevance(leaf, grad)
+            scores = token_scores(leaf, grad, self.method)
             per_segment.append((scores, totals))
         unhandled = ctx.audit.unhandled_list()
         covered = ctx.audit.covered_table()

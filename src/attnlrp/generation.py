@@ -24,7 +24,7 @@ from .audit import LedgerReport
 from .engine import LRPContext, METHODS
 from .errors import ExplainError
 from .explanation import HtmlView, ranked_tokens
-from .explain import Prompt, _check_model, _head_of, _max_length, _prepare, input_device
+from .explain import Prompt, _check_model, _head_of, _max_length, _prepare, input_device, token_relevance, token_scores
 
 
 @dataclass(frozen=True)
@@ -174,16 +174,6 @@ def _pad_token_id(model: nn.Module, tokenizer) -> int | None:
     return None
 
 
-def _input_relevance(leaf: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Per position, gradient × input summed over the embedding (in float64)."""
-    return (leaf.detach().double() * grad.double()).sum(dim=-1)[0]
-
-
-def _scores(leaf: torch.Tensor, grad: torch.Tensor, method: str) -> torch.Tensor:
-    """What a row shows: the relevance, or the gradient's norm for the plain-gradient method."""
-    return grad.double().norm(dim=-1)[0] if method == "gradient" else _input_relevance(leaf, grad)
-
-
 def _summed(ledgers: list[LedgerReport], *, value: float) -> LedgerReport:
     """The ledger of a sum of targets: every entry is linear in the seed, so the rows' ledgers add up."""
     sites: dict[str, float] = {}
@@ -288,7 +278,7 @@ def explain_generation(
             grad = torch.zeros_like(leaf) if grads[0] is None else grads[0]
             if not torch.isfinite(grad).all():
                 raise ExplainError("relevance is not finite (NaN/inf in the backward pass); try float32")
-            report = ctx.ledger.row(0, input_relevance=float(_input_relevance(leaf, grad).sum()),
+            report = ctx.ledger.row(0, input_relevance=float(token_relevance(leaf, grad).sum()),
                                     value=float(value.detach()))
             return grad, report
 
@@ -298,10 +288,10 @@ def explain_generation(
         for k in range(n):
             grad, report = backward(logit_values[k], retain=k < n - 1)
             answer_grad += grad.double()
-            matrix[k, : seq_len - 1] = _scores(leaf, grad, method).cpu()
+            matrix[k, : seq_len - 1] = token_scores(leaf, grad, method)[0].cpu()
             values.append(float(logit_values[k].detach()))
             ledgers.append(report)
-        answer_scores = _scores(leaf, answer_grad, method).cpu()
+        answer_scores = token_scores(leaf, answer_grad, method)[0].cpu()
         answer_ledger = _summed(ledgers, value=float(logit_values.detach().sum()))
     answer = torch.zeros(seq_len, dtype=torch.float64)
     answer[: seq_len - 1] = answer_scores

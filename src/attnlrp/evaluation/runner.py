@@ -43,20 +43,21 @@ def to_instance(sample: TextSample) -> TextInstance:
     )
 
 
+def _chosen(values: Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+    """``values`` without repeats, in order, or an error naming the unknown ones and the choices."""
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise ExplainError(f"unknown {what}(s) {', '.join(unknown) or '(none given)'}; choose from: "
+                           f"{', '.join(allowed)}")
+    return list(dict.fromkeys(values))
+
+
 def check_methods(methods: Sequence[str]) -> list[str]:
-    unknown = [m for m in methods if m not in METHOD_NAMES]
-    if unknown or not methods:
-        raise ExplainError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from: "
-                           f"{', '.join(METHOD_NAMES)}")
-    return list(dict.fromkeys(methods))
+    return _chosen(methods, METHOD_NAMES, "method")
 
 
 def check_modes(modes: Sequence[str]) -> list[str]:
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise ExplainError(f"unknown perturbation(s) {', '.join(unknown) or '(none given)'}; choose from: "
-                           f"{', '.join(MODES)}")
-    return list(dict.fromkeys(modes))
+    return _chosen(modes, MODES, "perturbation")
 
 
 def evaluate_samples(
