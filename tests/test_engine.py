@@ -227,3 +227,48 @@ def test_accelerate_offloaded_model_gives_the_same_relevance(offload, tmp_path):
     torch.testing.assert_close(split.relevance, whole.relevance, rtol=1e-10, atol=1e-12)
     assert split.ledger.absorbed == pytest.approx(whole.ledger.absorbed, rel=1e-10)
     assert "bias" in split.ledger.by_site and split.unhandled == []
+
+
+def _gamma_relevance(model: nn.Module, embeds: torch.Tensor, target: int):
+    """Input relevance of ``target``'s last-position logit with the γ-rule on every Linear, and its ledger."""
+    x = embeds.clone().requires_grad_()
+    with LRPContext(model, "attnlrp", gamma={"Linear": 0.25}) as ctx:
+        logit = model(inputs_embeds=x).logits[0, -1, target]
+        (g,) = torch.autograd.grad(logit, x)
+    relevance = (x * g).sum(-1).detach()
+    ledger = ctx.ledger.row(0, input_relevance=float(relevance.sum()), value=float(logit.detach()))
+    return relevance, ledger
+
+
+@pytest.mark.parametrize("offload", ["cpu", "disk"])
+def test_gamma_rule_on_offloaded_layers(offload, tmp_path):
+    """γ layers read their weights in backward: under accelerate's offload (weights on `meta` between passes)
+    the rule must run inside accelerate's wrapper, where the weights are loaded, and give the same relevance."""
+    from accelerate import cpu_offload, disk_offload
+
+    whole = tiny_llama(torch.float64, attention_bias=True, mlp_bias=True)
+    ids = word_tokenizer()(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        embeds = whole.get_input_embeddings()(ids)
+    target = int(whole(ids).logits[0, -1].argmax())
+    expected, expected_ledger = _gamma_relevance(whole, embeds, target)
+    plain_x = embeds.clone().requires_grad_()
+    with LRPContext(whole, "attnlrp"):
+        (plain_g,) = torch.autograd.grad(whole(inputs_embeds=plain_x).logits[0, -1, target], plain_x)
+    assert not torch.allclose((plain_x * plain_g).sum(-1), expected, rtol=1e-3)  # γ really changes relevance
+
+    model = tiny_llama(torch.float64, attention_bias=True, mlp_bias=True)
+    if offload == "cpu":
+        cpu_offload(model, execution_device=torch.device("cpu"))
+    else:
+        disk_offload(model, str(tmp_path / "offload"), execution_device=torch.device("cpu"))
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert q_proj.weight.device.type == "meta"
+    wrapper = q_proj.forward
+    relevance, ledger = _gamma_relevance(model, embeds, target)
+    torch.testing.assert_close(relevance, expected, rtol=1e-10, atol=1e-12)
+    assert ledger.by_site["gamma"] == pytest.approx(expected_ledger.by_site["gamma"], rel=1e-10)
+    assert ledger.balanced(rtol=1e-6) and expected_ledger.balanced(rtol=1e-6)
+    assert q_proj.forward is wrapper and q_proj.weight.device.type == "meta"  # accelerate's dispatch restored
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, whole(ids).logits)

@@ -268,17 +268,23 @@ class LRPContext(AbstractContextManager):
         self._undo.append(self._hooked_biases.clear)
 
     def _override_forward(self, module: nn.Module, forward: Callable) -> None:
-        """Per-instance forward; restores whatever instance attribute (e.g. accelerate's) was there before."""
-        previous = module.__dict__.get("forward", _MISSING)
+        """Per-instance forward; restores whatever instance attribute was there before.
+
+        A module dispatched by accelerate keeps its own computation in ``_old_forward`` and wraps it in
+        ``forward`` (load the offloaded weights, run, offload again): the override takes the inner slot, so the
+        wrapper still materialises the weights our forward reads.
+        """
+        slot = _forward_slot(module)
+        previous = module.__dict__.get(slot, _MISSING)
 
         def undo() -> None:
             if previous is _MISSING:
-                module.__dict__.pop("forward", None)
+                module.__dict__.pop(slot, None)
             else:
-                module.forward = previous
+                setattr(module, slot, previous)
 
         self._undo.append(undo)
-        module.forward = forward
+        setattr(module, slot, forward)
 
     def _rule_recomputation(self, module: nn.Module) -> None:
         """Gradient checkpointing re-runs a layer's forward during backward, outside any forward hook: wrap the
@@ -327,7 +333,7 @@ class LRPContext(AbstractContextManager):
         return post_hook
 
     def _identity_forward(self, module: nn.Module) -> Callable:
-        original = module.forward
+        original = getattr(module, _forward_slot(module))
         label = type(module).__name__
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -353,7 +359,7 @@ class LRPContext(AbstractContextManager):
         return None
 
     def _gamma_forward(self, module: nn.Module, gamma: float) -> Callable:
-        original = module.forward
+        original = getattr(module, _forward_slot(module))
         linear = F.linear if isinstance(module, nn.Linear) else module._conv_forward
         label = f"{type(module).__name__} (γ={gamma})"
 
@@ -563,6 +569,13 @@ def _bind(name: str, args: tuple, kwargs: dict) -> dict:
 def _bias_dim(module: nn.Module) -> int:
     """The output dimension a 1-D bias is added along: channels (dim 1) for convolutions, else the last."""
     return 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+
+
+def _forward_slot(module: nn.Module) -> str:
+    """Where ``module``'s own computation lives: ``_old_forward`` under an accelerate hook, else ``forward``."""
+    if "_hf_hook" in module.__dict__ and "_old_forward" in module.__dict__:
+        return "_old_forward"
+    return "forward"
 
 
 def _materialised(module: nn.Module, name: str) -> torch.Tensor:
