@@ -38,6 +38,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="flipping steps per curve (default: one token per step)")
     parser.add_argument("--batch-size", type=int, default=32, help="perturbed inputs per forward pass")
+    parser.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                        help="an option of one method, e.g. integrated-gradients.max_steps=32 or "
+                        "kernel-shap.samples=128 (repeatable)")
+    parser.add_argument("--records", default=None, metavar="FILE.jsonl",
+                        help="also write every (sample, method) record, one JSON object per line: the raw data "
+                        "the tables are computed from")
     parser.add_argument("--output-dir", default=None,
                         help="write results.json, results.md, run.json and curves PNGs there")
     parser.add_argument("--json", action="store_true",
@@ -50,6 +56,32 @@ def register(commands: Any) -> None:
 
 def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def parse_options(specs: list[str]) -> dict[str, dict[str, Any]]:
+    """``["integrated-gradients.max_steps=32"]`` → ``{"integrated-gradients": {"max_steps": 32}}``; values are
+    read as JSON (numbers, true/false) and otherwise kept as text. Unknown methods and options are refused."""
+    from .errors import ExplainError
+    from .evaluation.methods import METHOD_NAMES, method_options
+
+    options: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        key, equals, raw = spec.partition("=")
+        method, dot, name = key.strip().rpartition(".")
+        if not equals or not dot or not method or not name:
+            raise ExplainError(f"--option {spec!r}: write METHOD.KEY=VALUE, e.g. integrated-gradients.max_steps=32")
+        if method not in METHOD_NAMES:
+            raise ExplainError(f"--option {spec!r}: unknown method {method!r}; choose from {', '.join(METHOD_NAMES)}")
+        accepted = method_options(method)
+        if name not in accepted:
+            raise ExplainError(f"--option {spec!r}: {method} has no option {name!r}; its options are: "
+                               f"{', '.join(accepted) or 'none'}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options.setdefault(method, {})[name] = value
+    return options
 
 
 def _tasks(args: argparse.Namespace) -> list[str]:
@@ -82,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise ExplainError(f"--steps must be positive, got {args.steps}")
     modes = runner.check_modes(_split(args.perturbation))
     text_methods = runner.check_methods(_split(args.methods) or list(METHOD_NAMES))
+    options = parse_options(args.option)
     started = time.time()
     with runner.distributed() as (rank, world):
         needs_text = bool(args.data) or any(t != "digits" for t in tasks)
@@ -128,13 +161,15 @@ def run(args: argparse.Namespace) -> int:
                 samples = data.resolve_targets(loaded.model, mine)
                 records += runner.evaluate_samples(
                     loaded.model, loaded.tokenizer, task, samples, methods=text_methods, modes=modes,
-                    steps=args.steps, batch_size=args.batch_size, progress=bar.update,
+                    steps=args.steps, batch_size=args.batch_size, options=options, progress=bar.update,
                 )
         finally:
             bar.close()
         records = runner.gather(records, world)
     if rank != 0:
         return 0
+    if args.records:
+        runner.write_records(records, args.records)
     summary = runner.summarise(records)
     if args.output_dir:
         info = run_info(

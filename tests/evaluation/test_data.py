@@ -92,8 +92,11 @@ def test_sentiment_prompts_use_the_chat_template(smollm2):
 @pytest.mark.parametrize("n, floor", [pytest.param(16, 0.75), pytest.param(None, 0.85, marks=pytest.mark.slow)])
 def test_smollm2_classifies_the_reviews_well_above_chance(smollm2, n, floor):
     """Zero-shot, the gold label's logit beats the other's (full set, measured: 109/120)."""
-    accuracy = data.sentiment_accuracy(smollm2.model, data.sentiment_samples(smollm2.tokenizer, n))
+    samples = data.sentiment_samples(smollm2.tokenizer, n)
+    accuracy = data.sentiment_accuracy(smollm2.model, samples)
     assert accuracy >= floor
+    judged = data.answered_correctly(smollm2.model, samples)  # the runner's per-sample view: the same count
+    assert all(isinstance(j, bool) for j in judged) and sum(judged) == round(accuracy * len(samples))
 
 
 def test_sentiment_needs_distinct_single_token_labels(tok):
@@ -134,8 +137,12 @@ def test_qa_spans_and_context_masks_decode_to_the_text(smollm2):
 @pytest.mark.parametrize("n, floor", [pytest.param(16, 0.5), pytest.param(None, 0.65, marks=pytest.mark.slow)])
 def test_smollm2_answers_many_questions_with_the_gold_first_token(smollm2, n, floor):
     """Greedy first token = gold first token (full set, measured: 80/113; misses start "The …" or capitalise)."""
-    correct = data.qa_correct(smollm2.model, data.qa_samples(smollm2.tokenizer, n))
+    samples = data.qa_samples(smollm2.tokenizer, n)
+    correct = data.qa_correct(smollm2.model, samples)
     assert sum(correct) >= floor * len(correct)
+    assert data.answered_correctly(smollm2.model, samples) == correct
+    next_token = data.build_task("next-token", smollm2.tokenizer, 2)
+    assert data.answered_correctly(smollm2.model, next_token) == [None, None]  # no gold label to judge by
 
 
 def qa_sample(length: int = 10, span: tuple[int, int] = (5, 7), context: range = range(3, 9)) -> TextSample:

@@ -62,6 +62,24 @@ def test_summary_means_intervals_and_paired_differences_by_hand():
     assert "paired_attnlrp_minus_this" not in table["attnlrp"]
 
 
+def test_plausibility_is_counted_overall_and_where_the_model_is_correct():
+    # sample: (model correct?, attnlrp's top-1 in span?, random's top-1 in span?)
+    cases = [(True, True, False), (True, True, True), (False, False, False), (True, False, True), (False, True, False)]
+    records = []
+    for i, (correct, *hits) in enumerate(cases):
+        for method, hit in zip(("attnlrp", "random"), hits):
+            record = _record("qa", i, method, 0.1 * i, 0.1)
+            record["correct"] = correct
+            record["plausibility"] = {"top1_in_span": hit, "iou": float(hit)}
+            records.append(record)
+    table = runner.summarise(records)["qa:replace"]
+    assert (table["attnlrp"]["model_correct_count"], table["attnlrp"]["model_judged"]) == (3, 5)
+    assert (table["attnlrp"]["top1_in_span_count"], table["attnlrp"]["top1_in_span_count_when_correct"]) == (3, 2)
+    assert (table["random"]["top1_in_span_count"], table["random"]["top1_in_span_count_when_correct"]) == (2, 2)
+    text = markdown(runner.summarise(records), {})
+    assert "| 3/5 (2/3) |" in text and "| 2/5 (2/3) |" in text and "answers 3 of 5 samples" in text
+
+
 def test_summary_refuses_methods_run_on_different_samples():
     records = [_record("t", 0, "attnlrp", 0.1, 0.1), _record("t", 1, "random", 0.1, 0.1)]
     with pytest.raises(Exception, match="not run on the same samples"):
@@ -95,6 +113,7 @@ def test_records_equal_the_metric_computed_directly(llama64, tok):
             direct = flip_curves(llama64, instance, relevance, mode=mode, neutral_id=attributor.neutral_id)
             assert record["abpc"][mode]["logit"] == pytest.approx(direct.abpc("logit"), rel=1e-9, abs=1e-12)
             assert record["abpc"][mode]["logprob"] == pytest.approx(direct.abpc("logprob"), rel=1e-9, abs=1e-12)
+        assert record["correct"] is None  # no gold label on these samples
         assert record["grid"]["replace"]["fraction"][0] == 0.0 and record["grid"]["replace"]["fraction"][-1] == 1.0
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "next_token_samples",
     "plausibility",
     "python_doc_sentences",
+    "answered_correctly",
     "qa_correct",
     "qa_prompt",
     "qa_samples",
@@ -632,6 +633,22 @@ def sentiment_accuracy(model: torch.nn.Module, samples: Sequence[TextSample], ba
     contrast = torch.tensor([s.contrast_id for s in samples])
     rows = torch.arange(len(samples))
     return float((logits[rows, target] > logits[rows, contrast]).double().mean())
+
+
+def answered_correctly(model: torch.nn.Module, samples: Sequence[TextSample], batch_size: int = 16) -> list[bool | None]:
+    """Per sample, does the model get it right? Sentiment: the gold label's logit beats the other label's; QA:
+    the greedy next token is the gold answer's first token; other tasks (no gold label): ``None``."""
+    judged = [i for i, s in enumerate(samples) if s.task in ("sentiment", "qa") and s.target_id is not None]
+    result: list[bool | None] = [None] * len(samples)
+    if judged:
+        logits = next_token_logits(model, [samples[i] for i in judged], batch_size)
+        for row, i in enumerate(judged):
+            sample = samples[i]
+            if sample.task == "sentiment":
+                result[i] = bool(logits[row, sample.target_id] > logits[row, sample.contrast_id])
+            else:
+                result[i] = int(logits[row].argmax()) == sample.target_id
+    return result
 
 
 def qa_correct(model: torch.nn.Module, samples: Sequence[TextSample], batch_size: int = 16) -> list[bool]:

@@ -68,6 +68,12 @@ def markdown(summary: Mapping[str, Mapping[str, Any]], info: Mapping[str, Any], 
         has_plausibility = any("top1_in_span" in entry for entry in table.values())
         n = max((entry.get("n", 0) for entry in table.values()), default=0)
         lines += [f"## {_cell(task)} ({n} samples)", ""]
+        judged = next((e for e in table.values() if "model_judged" in e), None)
+        if judged is not None:
+            lines += [f"The model answers {judged['model_correct_count']} of {judged['model_judged']} samples "
+                      "correctly (sentiment: the gold label's logit beats the other's; QA: the greedy next token "
+                      "starts the gold answer)." + (" *top-1 in span*: all samples (where the model is correct)."
+                                                   if has_plausibility else ""), ""]
         header = ["method", "ABPC logit", "ABPC log-prob (nats)", f"{reference} − method, logit",
                   f"{reference} − method, log-prob", "s / sample"]
         if has_plausibility:
@@ -86,7 +92,7 @@ def markdown(summary: Mapping[str, Mapping[str, Any]], info: Mapping[str, Any], 
                 cells.append(_pm(p["mean"], p["ci95"]) + mark)
             cells.append(f"{entry['seconds_per_sample']:.3f}")
             if has_plausibility:
-                cells.append(f"{entry.get('top1_in_span_count', 0)}/{entry['n']}" if "top1_in_span" in entry else "–")
+                cells.append(_top1_cell(entry))
                 cells.append(_pm(entry.get("iou", float("nan")), entry.get("ci95_iou", float("nan")))
                              if "iou" in entry else "–")
             lines.append("| " + " | ".join(cells) + " |")
@@ -101,6 +107,16 @@ def markdown(summary: Mapping[str, Mapping[str, Any]], info: Mapping[str, Any], 
         lines.append(f"- **{_cell(key)}**: {_cell(json.dumps(value) if isinstance(value, (dict, list)) else value)}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _top1_cell(entry: Mapping[str, Any]) -> str:
+    """``a/N`` samples whose most relevant context token lies in the answer span, ``(b/C)`` where correct."""
+    if "top1_in_span" not in entry:
+        return "–"
+    cell = f"{entry.get('top1_in_span_count', 0)}/{entry['n']}"
+    if "model_correct_count" in entry:
+        cell += f" ({entry.get('top1_in_span_count_when_correct', 0)}/{entry['model_correct_count']})"
+    return cell
 
 
 def plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, list[float]]]], path: str | Path,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ExplainError
-from .data import TextSample, plausibility
+from .data import TextSample, answered_correctly, plausibility
 from .instance import TextInstance
 from .methods import METHOD_NAMES, Attributor
 from .perturbation import MODES, flip_curves_many
@@ -30,7 +30,10 @@ from .stats import mean_interval, paired_difference
 REFERENCE = "attnlrp"
 GRID_POINTS = 21
 
-__all__ = ["REFERENCE", "evaluate_samples", "summarise", "to_instance", "shard", "distributed", "gather"]
+__all__ = [
+    "REFERENCE", "evaluate_samples", "summarise", "to_instance", "shard", "distributed", "gather", "write_records",
+    "read_records",
+]
 
 
 def to_instance(sample: TextSample) -> TextInstance:
@@ -80,6 +83,7 @@ def evaluate_samples(
     attributor = attributor or Attributor(model, tokenizer, batch_size=batch_size)
     options = options or {}
     records: list[dict[str, Any]] = []
+    correct = answered_correctly(model, samples) if samples else []
     for index, sample in enumerate(samples):
         instance = to_instance(sample)
         attributions = {m: attributor(m, instance, **dict(options.get(m, {}))) for m in methods}
@@ -97,6 +101,7 @@ def evaluate_samples(
                 "base": {"logit": curves[modes[0]][method].base_logit,
                          "logprob": curves[modes[0]][method].base_logprob},
                 "grid": {mode: c[method].on_grid(GRID_POINTS) for mode, c in curves.items()},
+                "correct": correct[index],
             }
             if sample.answer_span is not None and sample.context_mask is not None:
                 score = plausibility(attribution.relevance, sample)
@@ -117,6 +122,42 @@ def _plain(details: Mapping[str, Any]) -> dict[str, Any]:
             value = repr(value)
         out[str(key)] = value
     return out
+
+
+# ------------------------------------------------------------------------------------------------- records
+def write_records(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Records as JSON Lines, in summary order: the raw data of a run, to re-summarise or merge later."""
+    import json
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", encoding="utf-8") as handle:
+        for record in _ordered(records):
+            handle.write(json.dumps(record, allow_nan=True) + "\n")
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records written by :func:`write_records` (a clear error names a file or line that is not one)."""
+    import json
+    from pathlib import Path
+
+    source = Path(path)
+    if not source.is_file():
+        raise ExplainError(f"no such records file: {source}")
+    records = []
+    with source.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ExplainError(f"{source}, line {number}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or not {"task", "index", "sample", "method", "abpc"} <= set(record):
+                raise ExplainError(f"{source}, line {number}: not an evaluation record")
+            records.append(record)
+    return records
 
 
 # ------------------------------------------------------------------------------------------------- summary
@@ -165,10 +206,17 @@ def summarise(records: Sequence[Mapping[str, Any]], *, reference: str = REFERENC
                                        [r["abpc"][mode][score] for r in by_method[m]])
                         for score in ("logit", "logprob")
                     }
+                judged = [r["correct"] for r in by_method[m] if r.get("correct") is not None]
+                if judged:
+                    entry["model_correct_count"] = sum(judged)
+                    entry["model_judged"] = len(judged)
                 plaus = [r["plausibility"] for r in by_method[m] if "plausibility" in r]
                 if plaus:
                     entry["top1_in_span"] = sum(p["top1_in_span"] for p in plaus) / len(plaus)
                     entry["top1_in_span_count"] = sum(p["top1_in_span"] for p in plaus)
+                    entry["top1_in_span_count_when_correct"] = sum(
+                        r["plausibility"]["top1_in_span"] for r in by_method[m]
+                        if "plausibility" in r and r.get("correct"))
                     entry["iou"], entry["ci95_iou"], _ = _interval([p["iou"] for p in plaus])
                 completeness = [r["details"]["completeness_error"] for r in by_method[m]
                                 if isinstance(r["details"].get("completeness_error"), (int, float))]
