@@ -201,7 +201,9 @@ def _explain_generation(args: argparse.Namespace, prompt: str, loaded) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv  # what a command records as the command line that made its results
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the command's own output is the point; no loading bars

@@ -32,7 +32,7 @@ def register(commands: Any) -> None:
                         help="comma-separated attribution methods (default: all twelve; digits: its six)")
     parser.add_argument("--perturbation", default="replace,zero",
                         help="replace (flipped tokens become a neutral token) and/or zero (embedding zeroed); "
-                        "default both")
+                        "default both; 'none' for the qa task: plausibility only, no flipping")
     parser.add_argument("--samples", type=int, default=None, metavar="N",
                         help="samples per task, the first N of its fixed order (default: the whole task)")
     parser.add_argument("--steps", type=int, default=None,
@@ -42,8 +42,11 @@ def register(commands: Any) -> None:
                         help="an option of one method, e.g. integrated-gradients.max_steps=32 or "
                         "kernel-shap.samples=128 (repeatable)")
     parser.add_argument("--records", default=None, metavar="FILE.jsonl",
-                        help="also write every (sample, method) record, one JSON object per line: the raw data "
-                        "the tables are computed from")
+                        help="also write every (sample, method) record, one JSON object per line after a header "
+                        "line with the run's command and versions: the raw data the tables are computed from")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="FILE.jsonl",
+                        help="run nothing: summarise records written by earlier runs (--records), e.g. one run "
+                        "per task, into one set of results")
     parser.add_argument("--output-dir", default=None,
                         help="write results.json, results.md, run.json and curves PNGs there")
     parser.add_argument("--json", action="store_true",
@@ -104,15 +107,20 @@ def run(args: argparse.Namespace) -> int:
     from .errors import ExplainError
     from .evaluation import data, runner
     from .evaluation.methods import METHOD_NAMES
-    from .evaluation.report import run_info, write_results
+    from .evaluation.report import run_info
     from .models import load_model
 
+    if args.merge:
+        return _merge(args)
     tasks = _tasks(args)
     if args.samples is not None and args.samples < 1:
         raise ExplainError(f"--samples must be a positive number of samples, got {args.samples}")
     if args.steps is not None and args.steps < 1:
         raise ExplainError(f"--steps must be positive, got {args.steps}")
-    modes = runner.check_modes(_split(args.perturbation))
+    modes = [] if args.perturbation.strip() == "none" else runner.check_modes(_split(args.perturbation))
+    if not modes and (args.data or set(tasks) - {"qa"}):
+        raise ExplainError("--perturbation none measures plausibility only, which only the qa task has; give "
+                           "replace and/or zero for the other tasks")
     text_methods = runner.check_methods(_split(args.methods) or list(METHOD_NAMES))
     options = parse_options(args.option)
     started = time.time()
@@ -168,18 +176,48 @@ def run(args: argparse.Namespace) -> int:
         records = runner.gather(records, world)
     if rank != 0:
         return 0
+    info = run_info(
+        "attnlrp " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["evaluate"])),
+        model=loaded.source if loaded is not None else "digits ViT",
+        processes=world, samples={task: len(items) for task, items in jobs},
+        wall_seconds=round(time.time() - started, 1), **extra,
+    )
     if args.records:
-        runner.write_records(records, args.records)
-    summary = runner.summarise(records)
+        runner.write_records(records, args.records, info=info)
+    return _report(args, runner.summarise(records), runner.mean_curves(records), info)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """``--merge``: the records of earlier runs summarised together; their run infos become ``runs``."""
+    from .errors import ExplainError
+    from .evaluation import runner
+
+    if args.task or args.data:
+        raise ExplainError("--merge summarises earlier runs' records; it takes no --task or --data")
+    records: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    for path in args.merge:
+        info, part = runner.read_records(path)
+        records += part
+        runs.append({"records": path, **(info or {})})
+    seen: set[tuple[Any, ...]] = set()
+    for record in records:
+        key = (record["task"], record["sample"], record["method"])
+        if key in seen:
+            raise ExplainError(f"{record['method']} on {record['task']} sample {record['sample']} is in more than "
+                               "one of the merged files; merge runs of different tasks")
+        seen.add(key)
+    wall = sum(r.get("wall_seconds", 0.0) for r in runs)
+    info = {"command": "attnlrp evaluate --merge " + " ".join(shlex.quote(p) for p in args.merge),
+            "wall_seconds_of_the_runs": round(wall, 1), "runs": runs}
+    return _report(args, runner.summarise(records), runner.mean_curves(records), info)
+
+
+def _report(args: argparse.Namespace, summary: dict[str, Any], curves: dict[str, Any], info: dict[str, Any]) -> int:
+    from .evaluation.report import write_results
+
     if args.output_dir:
-        info = run_info(
-            "attnlrp evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["evaluate"]
-            else "attnlrp evaluate (from Python)",
-            model=loaded.source if loaded is not None else "digits ViT",
-            processes=world, samples={task: len(items) for task, items in jobs},
-            wall_seconds=round(time.time() - started, 1), **extra,
-        )
-        write_results(summary, runner.mean_curves(records), info, args.output_dir)
+        write_results(summary, curves, info, args.output_dir)
     if args.json:
         shown = next(iter(summary.values())) if len(summary) == 1 else summary
         print(json.dumps(shown, ensure_ascii=False, allow_nan=True))
@@ -196,6 +234,14 @@ def _table(summary: dict[str, Any]) -> str:
     lines = []
     for task, table in summary.items():
         lines.append(f"{terminal_text(task)}")
+        if not any("abpc" in entry for entry in table.values()):  # plausibility only
+            lines.append(f"  {'method':<22} {'top-1 in span':>14} {'IoU top-k':>18} {'s/sample':>9}")
+            for method, entry in sorted(table.items(), key=lambda kv: -kv[1].get("top1_in_span", -1.0)):
+                top1 = f"{entry.get('top1_in_span_count', 0)}/{entry['n']}"
+                lines.append(f"  {terminal_text(method):<22} {top1:>14} {entry.get('iou', float('nan')):>+10.3f} ± "
+                             f"{entry.get('ci95_iou', float('nan')):<5.3f} {entry['seconds_per_sample']:>9.3f}")
+            lines.append("")
+            continue
         lines.append(f"  {'method':<22} {'ABPC logit':>18} {'ABPC log-prob':>18} {'s/sample':>9}")
         for method, entry in sorted(table.items(), key=lambda kv: -kv[1]["abpc"]):
             lines.append(f"  {terminal_text(method):<22} {entry['abpc']:>+10.3f} ± {entry['ci95']:<5.3f} "

@@ -203,3 +203,69 @@ def test_digits_records_equal_patch_flipping_directly():
     assert gamma["abpc"]["background"]["logit"] == pytest.approx(direct.abpc("logit"), rel=1e-9)
     plain = [r for r in records if r["method"] == "attnlrp" and r["index"] == 1][0]
     assert plain["abpc"]["background"]["logit"] != gamma["abpc"]["background"]["logit"]  # γ changes the ranking
+
+
+# ------------------------------------------------------------------------- options, records, merge, plausibility
+def test_method_options_from_the_command_line():
+    from attnlrp.cli_evaluate import parse_options
+
+    assert parse_options(["integrated-gradients.max_steps=32", "kernel-shap.samples=8", "smoothgrad.noise=0.25"]) == {
+        "integrated-gradients": {"max_steps": 32}, "kernel-shap": {"samples": 8}, "smoothgrad": {"noise": 0.25}}
+    for spec, message in [("max_steps=32", "METHOD.KEY=VALUE"), ("shapley.samples=3", "unknown method"),
+                          ("kernel-shap.steps=3", "has no option 'steps'; its options are: samples")]:
+        with pytest.raises(Exception, match=message):
+            parse_options([spec])
+
+
+def test_records_file_and_merge_give_the_tables_of_the_runs(tiny_folder, tmp_path, capsys):
+    text_records, digits_records = tmp_path / "text.jsonl", tmp_path / "digits.jsonl"
+    text = _evaluate_json(tiny_folder, capsys, "--records", str(text_records), "--option", "kernel-shap.samples=8",
+                          "--methods", "attnlrp,kernel-shap,random")
+    assert main(["evaluate", "--task", "digits", "--samples", "2", "--methods", "attnlrp,random", "--json",
+                 "--no-progress", "--records", str(digits_records)]) == 0
+    digits = json.loads(capsys.readouterr().out)
+    info, records = runner.read_records(text_records)
+    assert "--records" in info["command"] and info["torch"] == torch.__version__
+    assert {r["details"].get("samples") for r in records if r["method"] == "kernel-shap"} == {8}  # option applied
+    assert len(records) == 3 * len(TEXTS)
+
+    out = tmp_path / "merged"
+    assert main(["evaluate", "--merge", str(text_records), str(digits_records), "--json", "--output-dir",
+                 str(out)]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert merged == {"data:replace": text, "digits:background": digits}
+    run = json.loads((out / "run.json").read_text())
+    assert [r["records"] for r in run["runs"]] == [str(text_records), str(digits_records)]
+    report = (out / "results.md").read_text()
+    assert "## data:replace" in report and "## digits:background" in report
+    assert "- **runs** (merged):" in report and f"    - **records**: {digits_records}" in report
+
+    assert main(["evaluate", "--merge", str(text_records), str(text_records)]) == 2
+    assert "more than one" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"run": {}}\n{"task": "t"}\n', encoding="utf-8")
+    assert main(["evaluate", "--merge", str(bad)]) == 2
+    assert "line 2: not an evaluation record" in capsys.readouterr().err
+
+
+def test_perturbation_none_is_plausibility_only(llama64, tok, tiny_folder, capsys):
+    ids = tuple(tok(TEXTS[0])["input_ids"])
+    sample = data.TextSample(id="q0", task="qa", input_ids=ids, special=(True,) + (False,) * (len(ids) - 1),
+                             label="lisbon", answer_span=(8, 9), context_mask=(False,) + (True,) * 9 + (False,) * (len(ids) - 10))
+    samples = data.resolve_targets(llama64, [sample])
+    records = runner.evaluate_samples(llama64, tok, "qa", samples, methods=["attnlrp", "random"], modes=[])
+    assert all(r["abpc"] == {} and "plausibility" in r for r in records)
+    from attnlrp.evaluation.methods import Attributor
+
+    direct = data.plausibility(Attributor(llama64, tok)("attnlrp", runner.to_instance(samples[0])).relevance, samples[0])
+    summary = runner.summarise(records)
+    assert list(summary) == ["qa:plausibility"]
+    assert summary["qa:plausibility"]["attnlrp"]["top1_in_span_count"] == int(direct.top1_in_span)
+    assert summary["qa:plausibility"]["attnlrp"]["iou"] == pytest.approx(direct.iou)
+    assert "| method | top-1 in span | IoU top-k | s / sample |" in markdown(summary, {})
+    with pytest.raises(Exception, match="needs samples with an answer span"):
+        runner.evaluate_samples(llama64, tok, "t", [samples[0].__class__(**{**samples[0].__dict__, "answer_span": None,
+                                                                             "context_mask": None})], modes=[])
+    code = main(["evaluate", "--model", str(tiny_folder / "model"), "--data", str(tiny_folder / "data.jsonl"),
+                 "--perturbation", "none", "--no-progress"])
+    assert code == 2 and "only the qa task" in capsys.readouterr().err

@@ -74,6 +74,9 @@ def markdown(summary: Mapping[str, Mapping[str, Any]], info: Mapping[str, Any], 
                       "correctly (sentiment: the gold label's logit beats the other's; QA: the greedy next token "
                       "starts the gold answer)." + (" *top-1 in span*: all samples (where the model is correct)."
                                                    if has_plausibility else ""), ""]
+        if not any("abpc" in entry for entry in table.values()):
+            lines += _plausibility_table(table) + [""]
+            continue
         header = ["method", "ABPC logit", "ABPC log-prob (nats)", f"{reference} − method, logit",
                   f"{reference} − method, log-prob", "s / sample"]
         if has_plausibility:
@@ -103,10 +106,34 @@ def markdown(summary: Mapping[str, Mapping[str, Any]], info: Mapping[str, Any], 
                       "/ |f(x) − f(baseline)|)."]
         lines.append("")
     lines += ["## How these numbers were made", ""]
-    for key, value in info.items():
-        lines.append(f"- **{_cell(key)}**: {_cell(json.dumps(value) if isinstance(value, (dict, list)) else value)}")
+    lines += _info_lines(info)
     lines.append("")
     return "\n".join(lines)
+
+
+def _info_lines(info: Mapping[str, Any], indent: str = "") -> list[str]:
+    """The run info as a Markdown list; merged runs (``runs``) each as a nested list."""
+    lines = []
+    for key, value in info.items():
+        if key == "runs" and isinstance(value, list) and all(isinstance(v, Mapping) for v in value):
+            lines.append(f"{indent}- **runs** (merged):")
+            for run in value:
+                lines.append(f"{indent}  - {_cell(run.get('command', run.get('records', 'run')))}")
+                lines += _info_lines({k: v for k, v in run.items() if k != "command"}, indent + "    ")
+            continue
+        text = json.dumps(value) if isinstance(value, (dict, list)) else value
+        lines.append(f"{indent}- **{_cell(key)}**: {_cell(text)}")
+    return lines
+
+
+def _plausibility_table(table: Mapping[str, Any]) -> list[str]:
+    """A task scored by plausibility only: top-1 in the answer span and IoU of the top-k, best first."""
+    lines = ["| method | top-1 in span | IoU top-k | s / sample |", "|---|---|---|---|"]
+    ranked = sorted(table.items(), key=lambda kv: (-kv[1].get("top1_in_span", -1.0), -kv[1].get("iou", -1.0)))
+    for method, entry in ranked:
+        iou = _pm(entry.get("iou", float("nan")), entry.get("ci95_iou", float("nan"))) if "iou" in entry else "–"
+        lines.append(f"| {_cell(method)} | {_top1_cell(entry)} | {iou} | {entry['seconds_per_sample']:.3f} |")
+    return lines
 
 
 def _top1_cell(entry: Mapping[str, Any]) -> str:

@@ -59,7 +59,10 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     return _chosen(methods, METHOD_NAMES, "method")
 
 
-def check_modes(modes: Sequence[str]) -> list[str]:
+def check_modes(modes: Sequence[str], *, allow_none: bool = False) -> list[str]:
+    """The perturbations, checked; ``allow_none``: an empty list means plausibility only (no flipping)."""
+    if allow_none and not modes:
+        return []
     return _chosen(modes, MODES, "perturbation")
 
 
@@ -78,8 +81,14 @@ def evaluate_samples(
     progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Records of ``samples`` (targets resolved) for ``methods`` under ``modes``; ``options``: method → its
-    keyword options (``{"integrated-gradients": {"max_steps": 256}}``). ``progress(1)`` is called per sample."""
-    methods, modes = check_methods(methods), check_modes(modes)
+    keyword options (``{"integrated-gradients": {"max_steps": 256}}``). ``progress(1)`` is called per sample.
+
+    ``modes=()`` skips token flipping: only the plausibility of samples with an answer span (QA) is scored.
+    """
+    methods, modes = check_methods(methods), check_modes(modes, allow_none=True)
+    if not modes and any(s.answer_span is None for s in samples):
+        raise ExplainError("without a perturbation only plausibility is measured, which needs samples with an "
+                           "answer span (the qa task); give --perturbation replace and/or zero")
     attributor = attributor or Attributor(model, tokenizer, batch_size=batch_size)
     options = options or {}
     records: list[dict[str, Any]] = []
@@ -99,7 +108,7 @@ def evaluate_samples(
                 "abpc": {mode: {"logit": c[method].abpc("logit"), "logprob": c[method].abpc("logprob")}
                          for mode, c in curves.items()},
                 "base": {"logit": curves[modes[0]][method].base_logit,
-                         "logprob": curves[modes[0]][method].base_logprob},
+                         "logprob": curves[modes[0]][method].base_logprob} if modes else None,
                 "grid": {mode: c[method].on_grid(GRID_POINTS) for mode, c in curves.items()},
                 "correct": correct[index],
             }
@@ -125,26 +134,31 @@ def _plain(details: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- records
-def write_records(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """Records as JSON Lines, in summary order: the raw data of a run, to re-summarise or merge later."""
+def write_records(records: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                  *, info: Mapping[str, Any] | None = None) -> None:
+    """Records as JSON Lines, in summary order, after a header line ``{"run": info}`` (the command and versions
+    that made them): the raw data of a run, to re-summarise or merge with other runs later."""
     import json
     from pathlib import Path
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"run": dict(info or {})}) + "\n")
         for record in _ordered(records):
             handle.write(json.dumps(record, allow_nan=True) + "\n")
 
 
-def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records written by :func:`write_records` (a clear error names a file or line that is not one)."""
+def read_records(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """``(run info, records)`` of a file written by :func:`write_records`; a clear error names a missing file
+    or a line that is not a record."""
     import json
     from pathlib import Path
 
     source = Path(path)
     if not source.is_file():
         raise ExplainError(f"no such records file: {source}")
+    info: dict[str, Any] | None = None
     records = []
     with source.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -154,10 +168,15 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ExplainError(f"{source}, line {number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not {"task", "index", "sample", "method", "abpc"} <= set(record):
-                raise ExplainError(f"{source}, line {number}: not an evaluation record")
+            if number == 1 and isinstance(record, dict) and set(record) == {"run"}:
+                info = record["run"]
+                continue
+            if not isinstance(record, dict) or not {"task", "index", "sample", "method", "abpc", "seconds"} <= set(record):
+                raise ExplainError(f"{source}, line {number}: not an evaluation record (write them with --records)")
             records.append(record)
-    return records
+    if not records:
+        raise ExplainError(f"{source} holds no evaluation records")
+    return info, records
 
 
 # ------------------------------------------------------------------------------------------------- summary
@@ -173,9 +192,13 @@ def _interval(values: Sequence[float]) -> tuple[float, float, int]:
     return interval.mean, interval.half_width, interval.n
 
 
+PLAUSIBILITY = "plausibility"  # the table name of a task evaluated without perturbation (QA: plausibility only)
+
+
 def summarise(records: Sequence[Mapping[str, Any]], *, reference: str = REFERENCE) -> dict[str, dict[str, Any]]:
     """task:perturbation → method → means with 95 % half-widths, seconds per sample and (for methods other
-    than ``reference``) the paired difference ``reference − method`` of both ABPCs."""
+    than ``reference``) the paired difference ``reference − method`` of both ABPCs. A task run without
+    perturbation (plausibility only) gets one table, ``task:plausibility``."""
     records = _ordered(records)
     summary: dict[str, dict[str, Any]] = {}
     tasks = list(dict.fromkeys(r["task"] for r in records))
@@ -188,6 +211,8 @@ def summarise(records: Sequence[Mapping[str, Any]], *, reference: str = REFERENC
         for m in methods:
             if [r["sample"] for r in by_method[m]] != samples:
                 raise ExplainError(f"task {task}: method {m} was not run on the same samples as {methods[0]}")
+        if not modes:
+            summary[f"{task}:{PLAUSIBILITY}"] = {m: _per_method(by_method[m]) for m in methods}
         for mode in modes:
             table: dict[str, Any] = {}
             for m in methods:
@@ -197,8 +222,7 @@ def summarise(records: Sequence[Mapping[str, Any]], *, reference: str = REFERENC
                 mean_lp, half_lp, _ = _interval(logprob)
                 entry: dict[str, Any] = {
                     "abpc": mean, "ci95": half, "abpc_logprob": mean_lp, "ci95_logprob": half_lp,
-                    "seconds_per_sample": math.fsum(r["seconds"] for r in by_method[m]) / len(by_method[m]),
-                    "n": n,
+                    **_per_method(by_method[m]), "n": n,
                 }
                 if reference in by_method and m != reference:
                     entry[f"paired_{reference}_minus_this"] = {
@@ -206,25 +230,30 @@ def summarise(records: Sequence[Mapping[str, Any]], *, reference: str = REFERENC
                                        [r["abpc"][mode][score] for r in by_method[m]])
                         for score in ("logit", "logprob")
                     }
-                judged = [r["correct"] for r in by_method[m] if r.get("correct") is not None]
-                if judged:
-                    entry["model_correct_count"] = sum(judged)
-                    entry["model_judged"] = len(judged)
-                plaus = [r["plausibility"] for r in by_method[m] if "plausibility" in r]
-                if plaus:
-                    entry["top1_in_span"] = sum(p["top1_in_span"] for p in plaus) / len(plaus)
-                    entry["top1_in_span_count"] = sum(p["top1_in_span"] for p in plaus)
-                    entry["top1_in_span_count_when_correct"] = sum(
-                        r["plausibility"]["top1_in_span"] for r in by_method[m]
-                        if "plausibility" in r and r.get("correct"))
-                    entry["iou"], entry["ci95_iou"], _ = _interval([p["iou"] for p in plaus])
-                completeness = [r["details"]["completeness_error"] for r in by_method[m]
-                                if isinstance(r["details"].get("completeness_error"), (int, float))]
-                if completeness:
-                    entry["completeness_error_median"] = sorted(completeness)[len(completeness) // 2]
                 table[m] = entry
             summary[f"{task}:{mode}"] = table
     return summary
+
+
+def _per_method(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What does not depend on the perturbation: cost, the model's accuracy, plausibility, IG's completeness."""
+    entry: dict[str, Any] = {"seconds_per_sample": math.fsum(r["seconds"] for r in rows) / len(rows), "n": len(rows)}
+    judged = [r["correct"] for r in rows if r.get("correct") is not None]
+    if judged:
+        entry["model_correct_count"] = sum(judged)
+        entry["model_judged"] = len(judged)
+    plaus = [r for r in rows if "plausibility" in r]
+    if plaus:
+        hits = [r["plausibility"]["top1_in_span"] for r in plaus]
+        entry["top1_in_span"] = sum(hits) / len(hits)
+        entry["top1_in_span_count"] = sum(hits)
+        entry["top1_in_span_count_when_correct"] = sum(h for h, r in zip(hits, plaus) if r.get("correct"))
+        entry["iou"], entry["ci95_iou"], _ = _interval([r["plausibility"]["iou"] for r in plaus])
+    completeness = [r["details"]["completeness_error"] for r in rows
+                    if isinstance(r["details"].get("completeness_error"), (int, float))]
+    if completeness:
+        entry["completeness_error_median"] = sorted(completeness)[len(completeness) // 2]
+    return entry
 
 
 def _paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
