@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from .colors import NEGATIVE_RGB, POSITIVE_RGB, relevance_rgb, symmetric_scale
 from .escape import html_text, html_token, token_repr
-from .html import _prefix, _rgb, document
+from .html import class_prefix, css_rgb, document
 from .ranking import format_score
 
 __all__ = ["generation_html", "script_json"]
@@ -123,7 +123,7 @@ def generation_html(
     if any(len(row) != len(toks) for row in rows) or len(answer) != len(toks):
         raise ValueError(f"every row of relevance needs one value per token ({len(toks)})")
     scale = symmetric_scale(answer)
-    p = _prefix("generation", toks, prompt_length, rows, title, sorted((details or {}).items()))
+    p = class_prefix("generation", toks, prompt_length, rows, title, sorted((details or {}).items()))
 
     parts = [f'<div class="{p}" id="{p}">']
     if title:
@@ -143,11 +143,11 @@ def generation_html(
         tip = html_text(f"{token_repr(t)} {format_score(s)}")
         extra = ' class="gen" tabindex="0" role="button"' if i >= prompt_length else ""
         spans.append(
-            f'<span data-i="{i}"{extra} style="background:{_rgb(relevance_rgb(s, scale))}" title="{tip}">'
+            f'<span data-i="{i}"{extra} style="background:{css_rgb(relevance_rgb(s, scale))}" title="{tip}">'
             f"{html_token(t)}</span>"
         )
     parts.append(f'<div class="heat" style="white-space:pre-wrap">{"".join(spans)}</div>')
-    gradient = f"linear-gradient(to right,{_rgb(NEGATIVE_RGB)},#fff,{_rgb(POSITIVE_RGB)})"
+    gradient = f"linear-gradient(to right,{css_rgb(NEGATIVE_RGB)},#fff,{css_rgb(POSITIVE_RGB)})"
     parts.append(
         f'<div class="legend"><span>negative</span><span class="bar" style="background:{gradient}"></span>'
         f'<span>positive</span><span>(white = 0; scale = max |relevance| of the view = '

@@ -13,9 +13,10 @@ from .colors import NEGATIVE_RGB, POSITIVE_RGB, relevance_rgb, symmetric_scale
 from .escape import html_text, html_token, token_repr
 from .ranking import bottom_indices, check_pairs, format_score, rank_of, top_indices
 
-__all__ = ["heatmap_html"]
+__all__ = ["heatmap_html", "HEATMAP_CSS", "class_prefix", "css_rgb"]
 
-_CSS = """
+#: The heatmap page's style sheet; ``{p}`` is the class prefix that scopes it (the other views extend it).
+HEATMAP_CSS = """
 .{p}{{font-family:system-ui,-apple-system,Segoe UI,sans-serif;color:#111;background:#fff;
   max-width:60rem;line-height:1.5}}
 .{p} h2{{font-size:1.15rem;margin:.4rem 0}}
@@ -31,12 +32,14 @@ _CSS = """
 """
 
 
-def _rgb(c: tuple[int, int, int]) -> str:
+def css_rgb(c: tuple[int, int, int]) -> str:
+    """A colour as CSS ``rgb(r,g,b)``."""
     return f"rgb({c[0]},{c[1]},{c[2]})"
 
 
-def _prefix(*parts: object) -> str:
-    # Deterministic (same input → same output, diffable) yet distinct across different heatmaps.
+def class_prefix(*parts: object) -> str:
+    """A CSS class for one view: deterministic (same input → same output, diffable) yet distinct across
+    different views, so several views embedded in one page do not restyle each other."""
     return "attnlrp-" + hashlib.sha1(repr(parts).encode("utf-8", "backslashreplace")).hexdigest()[:10]
 
 
@@ -45,7 +48,7 @@ def _rank_table(
 ) -> str:
     rows = "".join(
         f'<tr><td class="n">{ranks[i]}</td><td><code>{html_text(token_repr(tokens[i]))}</code></td>'
-        f'<td class="n" style="background:{_rgb(relevance_rgb(scores[i], scale))}">'
+        f'<td class="n" style="background:{css_rgb(relevance_rgb(scores[i], scale))}">'
         f"{format_score(scores[i])}</td></tr>"
         for i in idx
     )
@@ -71,7 +74,7 @@ def heatmap_html(
     """
     toks, vals = check_pairs(tokens, scores)
     scale = symmetric_scale(vals)
-    p = _prefix(toks, vals, title, sorted((details or {}).items()), top_k)
+    p = class_prefix(toks, vals, title, sorted((details or {}).items()), top_k)
 
     parts = [f'<div class="{p}">']
     if title:
@@ -83,14 +86,14 @@ def heatmap_html(
         parts.append(f'<table class="details"><tbody>{rows}</tbody></table>')
 
     spans = "".join(
-        f'<span style="background:{_rgb(relevance_rgb(s, scale))}" '
+        f'<span style="background:{css_rgb(relevance_rgb(s, scale))}" '
         f'title="{html_text(f"{token_repr(t)} {format_score(s)}")}">{html_token(t)}</span>'
         for t, s in zip(toks, vals)
     )
     # Inline pre-wrap as well as in CSS: some notebook frontends strip <style> blocks.
     parts.append(f'<div class="heat" style="white-space:pre-wrap">{spans}</div>')
 
-    gradient = f"linear-gradient(to right,{_rgb(NEGATIVE_RGB)},#fff,{_rgb(POSITIVE_RGB)})"
+    gradient = f"linear-gradient(to right,{css_rgb(NEGATIVE_RGB)},#fff,{css_rgb(POSITIVE_RGB)})"
     parts.append(
         f'<div class="legend"><span>negative {html_text(format_score(-scale))}</span>'
         f'<span class="bar" style="background:{gradient}"></span>'
@@ -106,7 +109,7 @@ def heatmap_html(
         parts.append(_rank_table("most negative tokens", bottom, toks, vals, ranks, scale))
     parts.append("</div>")
 
-    return document(f"<style>{_CSS.format(p=p)}</style>", "".join(parts), title or "AttnLRP relevance", full_page)
+    return document(f"<style>{HEATMAP_CSS.format(p=p)}</style>", "".join(parts), title or "AttnLRP relevance", full_page)
 
 
 def document(css: str, body: str, title: str, full_page: bool) -> str:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from .colors import relevance_rgb, symmetric_scale
 from .escape import html_text, token_repr
-from .html import _CSS, _prefix, _rgb, document, heatmap_html
+from .html import HEATMAP_CSS, class_prefix, css_rgb, document, heatmap_html
 from .ranking import format_score
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,7 +21,7 @@ _GRID_CSS = """
 
 
 def _cell(value: float, scale: float) -> str:
-    return (f'<td style="background:{_rgb(relevance_rgb(value, scale))}" '
+    return (f'<td style="background:{css_rgb(relevance_rgb(value, scale))}" '
             f'title="{html_text(format_score(value))}"></td>')
 
 
@@ -41,7 +41,7 @@ def _score_table(caption: str, header: tuple[str, ...], rows: list[tuple]) -> st
     scale = symmetric_scale(r[-1] for r in rows)
     body = "".join(
         "<tr>" + "".join(f'<td class="n">{html_text(str(v))}</td>' for v in row[:-1])
-        + f'<td class="n" style="background:{_rgb(relevance_rgb(row[-1], scale))}">{format_score(row[-1])}</td></tr>'
+        + f'<td class="n" style="background:{css_rgb(relevance_rgb(row[-1], scale))}">{format_score(row[-1])}</td></tr>'
         for row in rows
     )
     heads = "".join(f"<th>{html_text(h)}</th>" for h in header)
@@ -51,7 +51,7 @@ def _score_table(caption: str, header: tuple[str, ...], rows: list[tuple]) -> st
 def latent_html(latents: "LatentRelevance", *, top_k: int = 10, head: tuple[int, int] | None = None,
                 full_page: bool = True) -> str:
     residual = latents.residual.tolist()
-    p = _prefix("latent", latents.tokens, residual, top_k, head)
+    p = class_prefix("latent", latents.tokens, residual, top_k, head)
     neurons = latents.top_neurons(top_k)
     heads = latents.top_heads(top_k)
     if head is None:
@@ -69,5 +69,5 @@ def latent_html(latents: "LatentRelevance", *, top_k: int = 10, head: tuple[int,
     head_view = heatmap_html(latents.tokens, latents.head(*head).tolist(),
                              title=f"head {head[1]} of layer {head[0]}: relevance over tokens", top_k=5,
                              full_page=False)
-    css = f"<style>{_CSS.format(p=p)}{_GRID_CSS.format(p=p)}</style>"
+    css = f"<style>{HEATMAP_CSS.format(p=p)}{_GRID_CSS.format(p=p)}</style>"
     return document(css, "".join(parts) + head_view, "AttnLRP latent relevance", full_page)
