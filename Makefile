@@ -61,10 +61,10 @@ bench-long: $(STAMP)
 # Faithfulness evaluation (docs/evaluation/: results.json, results.md, run.json, curves*.png), in one run per
 # task, each writing its records (out/evaluation/TASK.jsonl), then merged. EVAL_PROCS processes share the
 # samples (torchrun, gloo on CPU): on 2 cores two single-threaded processes beat one two-threaded one.
-# What fits the 2-hour budget on 2 CPU cores (measured: a next-token sample costs ~40 s with all twelve methods
-# and both perturbations, a sentiment or QA prompt is 3-5x longer):
+# What fits the 2-hour budget on 2 CPU cores (measured: a next-token sample costs ~45 s with all twelve methods
+# and both perturbations, 83 min for all 200; a sentiment prompt is 3x longer, a QA prompt 5x):
 #   next-token  all 200 samples, all twelve methods, replace and zero;
-#   sentiment   all 120 reviews, the one-pass methods (EVAL_FAST), replace;
+#   sentiment   the first 100 of the 120 reviews, the one-pass methods (EVAL_FAST), replace;
 #   qa          all 113 questions, the one-pass methods, plausibility only (no flipping);
 #   digits      the 450 test images, AttnLRP with and without γ and the baselines.
 # Integrated Gradients runs one 32-step pass: it does not converge on SmolLM2 at any affordable step count (its
@@ -79,7 +79,8 @@ EVALUATE := $(VENV)/bin/torchrun --standalone --nproc_per_node $(EVAL_PROCS) -m 
 # $(call evaluation,RECORDS_DIR,RESULTS_DIR,EXTRA_ARGS)
 define evaluation
 	$(EVALUATE) --task next-token --records $(1)/next-token.jsonl $(3)
-	$(EVALUATE) --task sentiment --methods $(EVAL_FAST) --perturbation replace --records $(1)/sentiment.jsonl $(3)
+	$(EVALUATE) --task sentiment --samples 100 --methods $(EVAL_FAST) --perturbation replace \
+		--records $(1)/sentiment.jsonl $(3)
 	$(EVALUATE) --task qa --methods $(EVAL_FAST) --perturbation none --records $(1)/qa.jsonl $(3)
 	$(EVALUATE) --task digits --records $(1)/digits.jsonl $(3)
 	$(VENV)/bin/attnlrp evaluate --merge $(1)/next-token.jsonl $(1)/sentiment.jsonl $(1)/qa.jsonl \
