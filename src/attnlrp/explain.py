@@ -19,66 +19,11 @@ from .engine import LRPContext, METHODS
 from .audit import SharedAbsorptionError
 from .errors import ExplainError
 from .explanation import Explanation, Target
+from .inputs import Prompt, class_index, head_of, input_device, input_embedding, max_length, prepare_prompt
 from .latent import LatentRecorder
 from .tokens import TokenizedPrompt, from_ids, tokenize
 
-Prompt = Union[str, Sequence[int], torch.Tensor]
 TargetSpec = Union[None, int, str, Callable[[Any], torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class _Head:
-    """How to read the explained value from a model's output."""
-
-    kind: str  # "causal-lm", "masked-lm", "seq-cls", "seq2seq", "custom"
-
-
-def _head_of(model: nn.Module) -> _Head:
-    name = type(model).__name__
-    config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
-        if name.endswith(("ForConditionalGeneration", "ForSeq2SeqLM")) or hasattr(model, "lm_head"):
-            return _Head("seq2seq")
-        raise ExplainError(f"{name}: only encoder-decoders with a language-model head can be explained")
-    if name.endswith("ForSequenceClassification"):
-        return _Head("seq-cls")
-    if name.endswith("ForMaskedLM"):
-        return _Head("masked-lm")
-    if name.endswith(("ForCausalLM", "LMHeadModel")) or hasattr(model, "generate") and hasattr(model, "lm_head"):
-        return _Head("causal-lm")
-    return _Head("custom")
-
-
-def _check_model(model: nn.Module) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise ExplainError(f"expected a transformers model (a torch.nn.Module), got {type(model).__name__}")
-    getter = getattr(model, "get_input_embeddings", None)
-    embedding = None
-    if getter is not None:
-        try:
-            embedding = getter()
-        except (NotImplementedError, AttributeError):
-            embedding = None
-    if not isinstance(embedding, nn.Module):
-        raise ExplainError(
-            f"{type(model).__name__} has no input embeddings (get_input_embeddings()); attnlrp reads relevance "
-            "at the input embeddings, so it needs a transformers model that accepts `inputs_embeds`."
-        )
-    if "inputs_embeds" not in inspect.signature(model.forward).parameters:
-        raise ExplainError(f"{type(model).__name__}.forward does not accept `inputs_embeds`")
-    return embedding
-
-
-def input_device(model: nn.Module, embedding: nn.Module) -> torch.device:
-    """Where the input ids go: the embedding's device, or accelerate's execution device when it is offloaded."""
-    hook = getattr(embedding, "_hf_hook", None) or getattr(model, "_hf_hook", None)
-    if getattr(hook, "execution_device", None) is not None:
-        return torch.device(hook.execution_device)
-    weight = getattr(embedding, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
-        return weight.device
-    real = [p.device for p in model.parameters() if p.device.type != "meta"]
-    return real[0] if real else torch.device("cpu")
 
 
 def token_relevance(leaf: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -89,28 +34,6 @@ def token_relevance(leaf: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 def token_scores(leaf: torch.Tensor, grad: torch.Tensor, method: str) -> torch.Tensor:
     """What a heatmap shows per token: the relevance, or the gradient's L2 norm for the plain-gradient method."""
     return grad.double().norm(dim=-1) if method == "gradient" else token_relevance(leaf, grad)
-
-
-def _max_length(model: nn.Module, tokenizer) -> int | None:
-    limits = []
-    config = getattr(model, "config", None)
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            limits.append(value)
-            break
-    model_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_max, int) and 0 < model_max < 1_000_000:
-        limits.append(model_max)
-    return min(limits) if limits else None
-
-
-def _prepare(tokenizer, prompt: Prompt, add_special_tokens: bool) -> TokenizedPrompt:
-    if isinstance(prompt, str):
-        return tokenize(tokenizer, prompt, add_special_tokens=add_special_tokens)
-    if isinstance(prompt, (torch.Tensor, list, tuple)):
-        return from_ids(tokenizer, prompt)
-    raise ExplainError(f"a prompt must be text or token ids, got {type(prompt).__name__}")
 
 
 def _single_token(tokenizer, text: str, what: str) -> int:
@@ -143,23 +66,6 @@ def _token_id(tokenizer, spec: int | str, what: str, vocab_size: int) -> int:
     raise ExplainError(f"{what} must be a token string or id, got {type(spec).__name__}")
 
 
-def _class_index(model: nn.Module, spec: int | str | None, logits_row: torch.Tensor) -> tuple[int, str | None]:
-    id2label = getattr(model.config, "id2label", None) or {}
-    n = logits_row.shape[-1]
-    if spec is None:
-        index = int(logits_row.argmax())
-    elif isinstance(spec, str):
-        label2id = {str(v): int(k) for k, v in id2label.items()}
-        if spec not in label2id:
-            raise ExplainError(f"unknown class {spec!r}; the model's classes are {sorted(label2id)}")
-        index = label2id[spec]
-    elif isinstance(spec, int) and not isinstance(spec, bool) and 0 <= spec < n:
-        index = spec
-    else:
-        raise ExplainError(f"class {spec!r} is not one of the model's {n} classes (0..{n - 1} or a label)")
-    return index, id2label.get(index, id2label.get(str(index)))
-
-
 class Explainer:
     """Explains prompts for one model and tokenizer with one method (the ``attribute()`` contract).
 
@@ -186,8 +92,8 @@ class Explainer:
         self.strict = strict
         self.add_special_tokens = add_special_tokens
         self.model_name = model_name or getattr(getattr(model, "config", None), "_name_or_path", None) or None
-        self._embedding = _check_model(model)
-        self._head = _head_of(model)
+        self._embedding = input_embedding(model)
+        self._head = head_of(model)
         self._batch_shares_absorbers = False
 
     @property
@@ -234,7 +140,7 @@ class Explainer:
         if isinstance(prompts, (str, torch.Tensor)) or not isinstance(prompts, Sequence) or not prompts:
             raise ExplainError("explain_batch takes a non-empty list of prompts")
         rows = len(prompts)
-        prepared = [_prepare(self.tokenizer, p, self.add_special_tokens) for p in prompts]
+        prepared = [prepare_prompt(self.tokenizer, p, self.add_special_tokens) for p in prompts]
         segments = [_Segment("input", prepared, "inputs_embeds", "attention_mask")]
         if self._head.kind == "seq2seq":
             prefixes = _per_row(decoder_prefix, rows, "decoder_prefix")
@@ -243,7 +149,7 @@ class Explainer:
                         _Segment("decoder", decoder, "decoder_inputs_embeds", "decoder_attention_mask")]
         elif decoder_prefix is not None:
             raise ExplainError("decoder_prefix is only for encoder-decoder models")
-        limit = _max_length(self.model, self.tokenizer)
+        limit = max_length(self.model, self.tokenizer)
         for segment in segments:
             for p in segment.rows:
                 if limit is not None and len(p) > limit:
@@ -405,7 +311,7 @@ class Explainer:
             if self._head.kind == "seq-cls":
                 if contrast is not None or position is not None:
                     raise ExplainError("a sequence-classification head takes only a class as target")
-                index, label = _class_index(self.model, spec, logits[row])
+                index, label = class_index(self.model, spec, logits[row])
                 values.append(logits[row, index])
                 resolved.append(Target(kind="class", position=None, token_id=index, label=label))
                 continue

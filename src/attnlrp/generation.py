@@ -24,7 +24,8 @@ from .audit import LedgerReport
 from .engine import LRPContext, METHODS
 from .errors import ExplainError
 from .explanation import HtmlView, ranked_tokens
-from .explain import Prompt, _check_model, _head_of, _max_length, _prepare, input_device, token_relevance, token_scores
+from .explain import token_relevance, token_scores
+from .inputs import Prompt, head_of, input_device, input_embedding, max_length, prepare_prompt
 
 
 @dataclass(frozen=True)
@@ -203,11 +204,11 @@ def explain_generation(
         raise ExplainError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ExplainError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    embedding = _check_model(model)
-    if _head_of(model).kind != "causal-lm" or not hasattr(model, "generate"):
+    embedding = input_embedding(model)
+    if head_of(model).kind != "causal-lm" or not hasattr(model, "generate"):
         raise ExplainError(f"{type(model).__name__}: generation attribution needs a causal language model")
-    prepared = _prepare(tokenizer, prompt, add_special_tokens)
-    limit = _max_length(model, tokenizer)
+    prepared = prepare_prompt(tokenizer, prompt, add_special_tokens)
+    limit = max_length(model, tokenizer)
     if limit is not None and len(prepared) > limit:
         raise ExplainError(f"the prompt is {len(prepared)} tokens long but the model takes at most {limit}; shorten it")
     if limit is not None and len(prepared) + max_new_tokens > limit:

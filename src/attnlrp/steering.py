@@ -318,17 +318,17 @@ def _outcome(model: nn.Module, tokenizer, ids: torch.Tensor, reference: int | No
 def compare(model: nn.Module, tokenizer, prompt: str, steering: Steering, *, max_new_tokens: int = 20) -> Comparison:
     """Run ``prompt`` without and with ``steering``: next token, the original token's logit and log-probability,
     and ``max_new_tokens`` greedy tokens each time."""
-    from .explain import _check_model, _head_of, _max_length, _prepare, input_device
+    from .inputs import head_of, input_device, input_embedding, max_length, prepare_prompt
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise SteeringError(f"the number of tokens to generate must be 0 or more, got {max_new_tokens!r}")
     if steering.model is not model:
         raise SteeringError("the steering was made for another model instance")
-    embedding = _check_model(model)
-    if _head_of(model).kind != "causal-lm" or not hasattr(model, "generate"):
+    embedding = input_embedding(model)
+    if head_of(model).kind != "causal-lm" or not hasattr(model, "generate"):
         raise SteeringError(f"{type(model).__name__} is not a causal language model; steering compares generations")
-    prepared = _prepare(tokenizer, prompt, True)
-    limit = _max_length(model, tokenizer)
+    prepared = prepare_prompt(tokenizer, prompt, True)
+    limit = max_length(model, tokenizer)
     if limit is not None and len(prepared) + max_new_tokens > limit:
         raise SteeringError(f"the prompt ({len(prepared)} tokens) and {max_new_tokens} new tokens exceed the "
                             f"model's maximum of {limit} tokens; shorten the prompt or generate fewer tokens")

@@ -19,7 +19,7 @@ from torch import nn
 from .audit import LedgerReport
 from .engine import LRP_METHODS, METHODS, LRPContext
 from .errors import ExplainError
-from .explain import _class_index
+from .inputs import class_index
 from .explanation import Target
 
 
@@ -113,7 +113,7 @@ class ImageExplainer:
         with torch.enable_grad(), LRPContext(self.model, self.method, strict=self.strict, gamma=self.gamma) as ctx:
             ctx.batch_size = 1
             logits = self.model(pixel_values=leaf.to(parameter.dtype)).logits[0]
-            index, label = _class_index(self.model, target, logits)
+            index, label = class_index(self.model, target, logits)
             value = logits[index]
             if not torch.isfinite(value):
                 raise ExplainError("the model produced a non-finite logit; check its weights and dtype")
