@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from ..render.colors import relevance_rgb, symmetric_scale
 from ..render.escape import html_text, html_token, terminal_text, token_repr
-from ..render.html import _CSS, _prefix, _rgb, document
+from ..render.html import HEATMAP_CSS, class_prefix, css_rgb, document
 from .atlas import Sample
 
 TITLES = {
@@ -104,7 +104,7 @@ def _html_window(sample: Sample, scale: float) -> str:
             continue
         value = act if sample.kind == "actmax" else rel
         peak = ' class="peak"' if i == sample.position else ""
-        spans.append(f'<span{peak} style="background:{_rgb(relevance_rgb(value, scale))}" '
+        spans.append(f'<span{peak} style="background:{css_rgb(relevance_rgb(value, scale))}" '
                      f'title="{title}">{html_token(token)}</span>')
     return f'<div class="win" style="white-space:pre-wrap">{"".join(spans)}</div>'
 
@@ -113,7 +113,7 @@ def concept_html(info: Mapping[str, Any], layer: int, neuron: int, groups: Mappi
                  note: str | None = None, full_page: bool = True) -> str:
     """A static page: the atlas details, an optional ``note`` (plain text, escaped), then per ranking a table
     of samples with each window's tokens coloured by the neuron's activation or relevance."""
-    p = _prefix("concept", layer, neuron, sorted(info.items()),
+    p = class_prefix("concept", layer, neuron, sorted(info.items()),
                 [(k, [(s.window, s.score) for s in v]) for k, v in groups.items()])
     title = f"Layer {layer}, neuron {neuron}"
     details = {"model": info["model"], "corpus": info["corpus"],
@@ -139,5 +139,5 @@ def concept_html(info: Mapping[str, Any], layer: int, neuron: int, groups: Mappi
         parts.append(f'<table class="samples"><thead><tr><th>#</th><th>{html_text(quantity)}</th><th>token</th>'
                      f"<th>window</th><th>text</th></tr></thead><tbody>{body}</tbody></table>")
     parts.append("</div>")
-    css = f"<style>{_CSS.format(p=p)}{_PAGE_CSS.format(p=p)}</style>"
+    css = f"<style>{HEATMAP_CSS.format(p=p)}{_PAGE_CSS.format(p=p)}</style>"
     return document(css, "".join(parts), f"Concept atlas: {title}", full_page)
