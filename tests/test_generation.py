@@ -280,3 +280,80 @@ def test_cli_generate_terminal_and_errors(tiny_cli):
     assert code == 2 and out == "" and err.startswith("error: ") and "--target" in err
     code, out, err = run("explain", PROMPT, "--generate", "0")
     assert code == 2 and "positive" in err
+
+
+# ---------------------------------------------------------------------------------------------- batched rows
+def _assert_same_rows(a: GenerationExplanation, b: GenerationExplanation) -> None:
+    assert a.token_ids == b.token_ids
+    torch.testing.assert_close(a.matrix, b.matrix, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(a.answer_relevance, b.answer_relevance, rtol=1e-6, atol=1e-9)
+    assert a.values == pytest.approx(b.values, rel=1e-9)
+    for left, right in zip([*a.ledgers, a.answer_ledger], [*b.ledgers, b.answer_ledger]):
+        assert left.input == pytest.approx(right.input, rel=1e-6, abs=1e-12)
+        assert left.by_site.keys() == right.by_site.keys()
+        for site in left.by_site:
+            assert left.by_site[site] == pytest.approx(right.by_site[site], rel=1e-6, abs=1e-12), site
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp", "gradient"])
+@pytest.mark.parametrize("row_batch", [2, 5, 64])
+def test_batched_rows_equal_the_shared_forward(llama64, tok, method, row_batch):
+    """5 rows in batches of 2 (uneven last batch), 5 (one pass) and 64 (capped at 5): each copy of the batch
+    carries only its own row's seed, so the rows, the answer and every ledger site equal the one-row passes."""
+    one = explain_generation(llama64, tok, PROMPT, max_new_tokens=5, method=method, row_batch=1)
+    batched = explain_generation(llama64, tok, PROMPT, max_new_tokens=5, method=method, row_batch=row_batch)
+    _assert_same_rows(batched, one)
+    if method != "gradient":
+        for ledger in batched.ledgers:
+            assert abs(ledger.residual) <= 1e-6 * abs(ledger.value) + 1e-9, ledger
+
+
+def test_batched_rows_with_absorbed_position_embeddings():
+    """GPT-2's learned positions absorb relevance like a bias, in a tensor computed once for the batch: the
+    engine expands it per copy, so each row's ledger keeps its own position share."""
+    from architectures.configs import build
+
+    model, tok_ = build("gpt2", dtype=torch.float64), word_tokenizer()
+    one = explain_generation(model, tok_, PROMPT, max_new_tokens=4, row_batch=1)
+    batched = explain_generation(model, tok_, PROMPT, max_new_tokens=4, row_batch=3)
+    assert any(site.startswith("embeddings") for site in one.ledgers[0].by_site)
+    _assert_same_rows(batched, one)
+
+
+def test_row_batch_auto_is_one_on_cpu_and_batches_elsewhere():
+    from attnlrp.generation import AUTO_ROW_BATCH_ACCELERATOR, resolve_row_batch
+
+    assert resolve_row_batch("auto", torch.device("cpu"), 40) == 1
+    assert resolve_row_batch("auto", torch.device("cuda"), 40) == AUTO_ROW_BATCH_ACCELERATOR
+    assert resolve_row_batch("auto", torch.device("cuda"), 3) == 3
+    assert resolve_row_batch(8, torch.device("cpu"), 3) == 3
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "many"])
+def test_row_batch_rejects_bad_values_before_generating(llama64, tok, bad, monkeypatch):
+    monkeypatch.setattr(llama64, "generate", lambda *a, **k: pytest.fail("generated before checking row_batch"))
+    with pytest.raises(ExplainError, match="row_batch must be 'auto' or a positive integer"):
+        explain_generation(llama64, tok, PROMPT, max_new_tokens=2, row_batch=bad)
+
+
+def test_cli_row_batch(tiny_cli, tok):
+    run, model = tiny_cli
+    code, out, err = run("explain", PROMPT, "--generate", "3", "--row-batch", "2", "--json")
+    assert code == 0, err
+    one = explain_generation(model, tok, PROMPT, max_new_tokens=3, row_batch=1)
+    torch.testing.assert_close(torch.tensor(json.loads(out)["matrix"]), one.matrix, rtol=1e-6, atol=1e-9)
+    for bad in ("0", "two", "-1"):
+        code, out, err = run("explain", PROMPT, "--generate", "2", "--row-batch", bad)
+        assert code == 2 and out == "" and "--row-batch takes 'auto' or a positive integer" in err
+    code, out, err = run("explain", PROMPT, "--row-batch", "4")
+    assert code == 2 and "--row-batch only applies with --generate" in err
+
+
+def test_cli_device_errors_are_one_line(capsys):
+    """No weight is read before the device is checked: a typo or a missing GPU is a one-line error."""
+    assert main(["explain", "hello", "--device", "gpu0"]) == 2
+    assert "unknown device 'gpu0'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["explain", "hello", "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "sees no CUDA GPU" in err and "Traceback" not in err

@@ -7,6 +7,12 @@ is differentiated on its own (one backward per token, the graph kept). The answe
 generated logits) needs no pass of its own: the rules' backward is linear in its seed, so its gradient is the sum
 of the rows' gradients.
 Row ``k`` equals explaining the prefix that precedes generated token ``k`` with that token as target.
+
+On a GPU the rows can instead be explained in batches (``row_batch``): the sequence is repeated B times along the
+batch dimension, copy ``b`` is seeded with row ``b``'s logit, and one forward + one backward give B rows. That
+costs B times the arithmetic of one row, but a GPU running a ~100-token sequence is bound by kernel launches, not
+arithmetic, so B rows take about the time of one. On a CPU the arithmetic is the cost, and one shared forward with
+one backward per row is cheaper (``row_batch="auto"`` chooses per device).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .audit import LedgerReport
+from .audit import LedgerReport, SharedAbsorptionError
 from .engine import LRPContext, METHODS
 from .errors import ExplainError
 from .explanation import HtmlView, ranked_tokens
@@ -184,6 +190,23 @@ def _summed(ledgers: list[LedgerReport], *, value: float) -> LedgerReport:
     return LedgerReport(input=sum(l.input for l in ledgers), absorbed=sum(sites.values()), value=value, by_site=sites)
 
 
+# Rows explained per batched pass on an accelerator when ``row_batch="auto"``; see ``resolve_row_batch``.
+AUTO_ROW_BATCH_ACCELERATOR = 16
+
+
+def resolve_row_batch(row_batch: int | str, device: torch.device, rows: int) -> int:
+    """How many generated tokens one forward + backward explains.
+
+    ``"auto"``: 1 on a CPU (one shared forward, one backward per row; batching measured no faster on 2 cores),
+    up to ``AUTO_ROW_BATCH_ACCELERATOR`` elsewhere (docs/gpu.md has the measurement behind the choice).
+    """
+    if row_batch == "auto":
+        return 1 if device.type == "cpu" else max(1, min(rows, AUTO_ROW_BATCH_ACCELERATOR))
+    if isinstance(row_batch, bool) or not isinstance(row_batch, int) or row_batch < 1:
+        raise ExplainError(f"row_batch must be 'auto' or a positive integer, got {row_batch!r}")
+    return min(row_batch, rows)
+
+
 def explain_generation(
     model: nn.Module,
     tokenizer,
@@ -194,16 +217,22 @@ def explain_generation(
     strict: bool = False,
     add_special_tokens: bool = True,
     model_name: str | None = None,
+    row_batch: int | str = "auto",
     **generate_kwargs: Any,
 ) -> GenerationExplanation:
     """Generate an answer to ``prompt`` (greedy unless sampling settings are given) and explain every token of it.
 
     ``generate_kwargs`` go to ``model.generate`` as they are (``do_sample``, ``temperature``, ``top_k``, …).
+    ``row_batch``: generated tokens explained per forward + backward pass: 1 shares one forward among all rows
+    (best on a CPU), B > 1 repeats the sequence B times in a batch (best on a GPU), ``"auto"`` picks per device.
+    The relevance is the same either way.
     """
     if method not in METHODS:
         raise ExplainError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ExplainError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if row_batch != "auto":
+        resolve_row_batch(row_batch, torch.device("cpu"), max_new_tokens)  # reject a bad value before generating
     embedding = input_embedding(model)
     if head_of(model).kind != "causal-lm" or not hasattr(model, "generate"):
         raise ExplainError(f"{type(model).__name__}: generation attribution needs a causal language model")
@@ -237,65 +266,28 @@ def explain_generation(
     ids = prepared.input_ids + generated
     n, start = len(generated), len(prepared)
 
-    # ------------------------------------------------------------------ 2. one explained forward pass
+    # ------------------------------------------------------------------ 2. explained forward + backward passes
     inputs_ids = torch.tensor([ids[:-1]], dtype=torch.long, device=device)
     with torch.no_grad():
         embeds = embedding(inputs_ids)
-    leaf_dtype = torch.float32 if embeds.dtype in (torch.float16, torch.bfloat16) else embeds.dtype
-    leaf = embeds.detach().to(leaf_dtype).requires_grad_(True)
-    inputs: dict[str, Any] = {
-        "inputs_embeds": leaf if embeds.dtype == leaf_dtype else leaf.to(embeds.dtype),
-        "attention_mask": torch.ones_like(inputs_ids),
-    }
-    if "use_cache" in inspect.signature(model.forward).parameters:
-        inputs["use_cache"] = False
     seq_len = len(ids)
-    matrix = torch.zeros(n, seq_len, dtype=torch.float64)
-    values: list[float] = []
-    ledgers: list[LedgerReport] = []
-    positions = torch.arange(start - 1, start - 1 + n, device=device)
-    keep_only = "logits_to_keep" in inspect.signature(model.forward).parameters
-    if keep_only:
-        # the vocabulary projection only where a generated token is read: every row's backward then skips
-        # the (positions × vocabulary) matmul of all other positions
-        inputs["logits_to_keep"] = positions
+    passes = _RowPasses(model, embeds, positions=torch.arange(start - 1, start - 1 + n, device=device),
+                        targets=generated, method=method)
+    batch = resolve_row_batch(row_batch, device, n)
     with torch.enable_grad(), LRPContext(model, method, strict=strict) as ctx:
-        ctx.batch_size = 1
-        logits = model(**inputs).logits[0]
-        targets = torch.tensor(generated, device=logits.device)
-        rows = torch.arange(n, device=logits.device) if keep_only else positions.to(logits.device)
-        logit_values = logits[rows, targets].to(torch.float64)
-        if not torch.isfinite(logit_values.detach()).all():
-            raise ExplainError(
-                "the model produced a non-finite logit (NaN or inf) for a generated token; check the model's "
-                "weights and dtype (fp16 overflows easily: try bfloat16 or float32)"
-            )
-
-        def backward(value: torch.Tensor, retain: bool) -> tuple[torch.Tensor, LedgerReport]:
-            ctx.ledger.reset()
-            grads = torch.autograd.grad(
-                value, [leaf, *ctx.absorber_leaves], retain_graph=retain, allow_unused=True
-            )
-            grad = torch.zeros_like(leaf) if grads[0] is None else grads[0]
-            if not torch.isfinite(grad).all():
-                raise ExplainError("relevance is not finite (NaN/inf in the backward pass); try float32")
-            report = ctx.ledger.row(0, input_relevance=float(token_relevance(leaf, grad).sum()),
-                                    value=float(value.detach()))
-            return grad, report
-
-        # Every rule's backward is linear in the gradient it receives, so the answer's gradient (the sum of the
-        # generated logits) is the sum of the rows' gradients: no extra backward pass for it.
-        answer_grad = torch.zeros_like(leaf, dtype=torch.float64)
-        for k in range(n):
-            grad, report = backward(logit_values[k], retain=k < n - 1)
-            answer_grad += grad.double()
-            matrix[k, : seq_len - 1] = token_scores(leaf, grad, method)[0].cpu()
-            values.append(float(logit_values[k].detach()))
-            ledgers.append(report)
-        answer_scores = token_scores(leaf, answer_grad, method)[0].cpu()
-        answer_ledger = _summed(ledgers, value=float(logit_values.detach().sum()))
+        try:
+            rows = passes.batched(ctx, batch) if batch > 1 else passes.shared(ctx)
+        except SharedAbsorptionError:
+            # relevance absorbed by a tensor that all copies of the batch share cannot be split per row
+            rows = passes.shared(ctx)
+    matrix = torch.zeros(n, seq_len, dtype=torch.float64)
     answer = torch.zeros(seq_len, dtype=torch.float64)
-    answer[: seq_len - 1] = answer_scores
+    for k, row in enumerate(rows):
+        matrix[k, : seq_len - 1] = row.scores
+    answer[: seq_len - 1] = passes.answer_scores
+    values = [row.value for row in rows]
+    ledgers = [row.ledger for row in rows]
+    answer_ledger = _summed(ledgers, value=sum(values))
     unhandled = ctx.audit.unhandled_list()
     if unhandled and method in ("attnlrp", "cp-lrp"):
         listing = "; ".join(f"{u['operation']} in {u['module']} ({u['count']}×)" for u in unhandled[:8])
@@ -312,7 +304,7 @@ def explain_generation(
         matrix=matrix.float(),
         values=values,
         answer_relevance=answer.float(),
-        answer_value=float(logit_values.detach().sum()),
+        answer_value=sum(values),
         method=method,
         ledgers=ledgers,
         answer_ledger=answer_ledger,
@@ -321,3 +313,114 @@ def explain_generation(
         model_name=model_name or getattr(getattr(model, "config", None), "_name_or_path", None) or None,
         unhandled=unhandled,
     )
+
+
+@dataclass
+class _Row:
+    scores: torch.Tensor  # (tokens - 1,), float64, CPU
+    value: float
+    ledger: LedgerReport
+
+
+class _RowPasses:
+    """The explained passes over prompt + answer (minus its last token): row ``k`` is generated token ``k``'s
+    logit at position ``positions[k]``. Both strategies give the same rows; they differ in what they repeat."""
+
+    def __init__(self, model: nn.Module, embeds: torch.Tensor, *, positions: torch.Tensor, targets: list[int],
+                 method: str) -> None:
+        self.model, self.embeds, self.positions, self.targets, self.method = model, embeds, positions, targets, method
+        self.leaf_dtype = torch.float32 if embeds.dtype in (torch.float16, torch.bfloat16) else embeds.dtype
+        parameters = inspect.signature(model.forward).parameters
+        self.no_cache = "use_cache" in parameters
+        # the vocabulary projection only where a generated token is read: every backward then skips the
+        # (positions × vocabulary) matmul of all other positions
+        self.keep_only = "logits_to_keep" in parameters
+        self.answer_grad: torch.Tensor | None = None  # (1, tokens, dim), float64: the sum of the rows' gradients
+        self.answer_leaf: torch.Tensor | None = None
+
+    @property
+    def answer_scores(self) -> torch.Tensor:
+        """The whole answer's relevance: every rule's backward is linear in its seed, so the gradient of the sum
+        of the generated logits is the sum of the rows' gradients (no backward pass of its own)."""
+        assert self.answer_grad is not None and self.answer_leaf is not None
+        return token_scores(self.answer_leaf, self.answer_grad, self.method)[0].cpu()
+
+    def _forward(self, ctx: LRPContext, copies: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``copies`` copies of the sequence as leaves requiring grad, and each copy's logits at ``positions``."""
+        ctx.batch_size = copies
+        ctx.absorber_leaves.clear()  # the previous pass's additive-embedding leaves are not in this graph
+        leaf = self.embeds.detach().to(self.leaf_dtype).expand(copies, -1, -1).clone().requires_grad_(True)
+        inputs: dict[str, Any] = {
+            "inputs_embeds": leaf if self.embeds.dtype == self.leaf_dtype else leaf.to(self.embeds.dtype),
+            "attention_mask": torch.ones(leaf.shape[:2], dtype=torch.long, device=leaf.device),
+        }
+        if self.no_cache:
+            inputs["use_cache"] = False
+        if self.keep_only:
+            inputs["logits_to_keep"] = positions
+            logits = self.model(**inputs).logits
+        else:
+            logits = self.model(**inputs).logits
+            logits = logits[:, positions.to(logits.device)]
+        return leaf, logits
+
+    def _values(self, logits: torch.Tensor, batch_index: torch.Tensor, kept_index: torch.Tensor,
+                rows: range) -> torch.Tensor:
+        """Row ``rows[i]``'s logit, read from copy ``batch_index[i]`` at kept position ``kept_index[i]``."""
+        targets = torch.tensor([self.targets[k] for k in rows], device=logits.device)
+        values = logits[batch_index.to(logits.device), kept_index.to(logits.device), targets].to(torch.float64)
+        if not torch.isfinite(values.detach()).all():
+            raise ExplainError(
+                "the model produced a non-finite logit (NaN or inf) for a generated token; check the model's "
+                "weights and dtype (fp16 overflows easily: try bfloat16 or float32)"
+            )
+        return values
+
+    def _backward(self, ctx: LRPContext, seed: torch.Tensor, leaf: torch.Tensor, retain: bool) -> torch.Tensor:
+        ctx.ledger.reset()
+        grads = torch.autograd.grad(seed, [leaf, *ctx.absorber_leaves], retain_graph=retain, allow_unused=True)
+        grad = torch.zeros_like(leaf) if grads[0] is None else grads[0]
+        if not torch.isfinite(grad).all():
+            raise ExplainError("relevance is not finite (NaN/inf in the backward pass); try float32")
+        return grad
+
+    def _accumulate(self, leaf: torch.Tensor, grad: torch.Tensor) -> None:
+        summed = grad.double().sum(dim=0, keepdim=True)
+        self.answer_grad = summed if self.answer_grad is None else self.answer_grad + summed
+        self.answer_leaf = leaf[:1]
+
+    def shared(self, ctx: LRPContext) -> list[_Row]:
+        """One forward for all rows, then one backward per row with the graph kept."""
+        n = len(self.targets)
+        self.answer_grad = None
+        leaf, logits = self._forward(ctx, 1, self.positions)
+        values = self._values(logits, torch.zeros(n, dtype=torch.long), torch.arange(n), range(n))
+        rows = []
+        for k in range(n):
+            grad = self._backward(ctx, values[k], leaf, retain=k < n - 1)
+            self._accumulate(leaf, grad)
+            value = float(values[k].detach())
+            ledger = ctx.ledger.row(0, input_relevance=float(token_relevance(leaf, grad).sum()), value=value)
+            rows.append(_Row(token_scores(leaf, grad, self.method)[0].cpu(), value, ledger))
+        return rows
+
+    def batched(self, ctx: LRPContext, batch: int) -> list[_Row]:
+        """``batch`` rows per pass: copy ``b`` of the sequence is seeded with its own row's logit only."""
+        n = len(self.targets)
+        self.answer_grad = None
+        rows: list[_Row] = []
+        for first in range(0, n, batch):
+            chunk = range(first, min(first + batch, n))
+            copies = len(chunk)
+            leaf, logits = self._forward(ctx, copies, self.positions[first: first + copies])
+            own = torch.arange(copies)
+            values = self._values(logits, own, own, chunk)
+            grad = self._backward(ctx, values.sum(), leaf, retain=False)
+            self._accumulate(leaf, grad)
+            relevance = token_relevance(leaf, grad).sum(dim=-1)
+            scores = token_scores(leaf, grad, self.method).cpu()
+            for b in range(copies):
+                value = float(values[b].detach())
+                ledger = ctx.ledger.row(b, input_relevance=float(relevance[b]), value=value, batch_size=copies)
+                rows.append(_Row(scores[b], value, ledger))
+        return rows

@@ -115,6 +115,27 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     raise ModelLoadError(f"unknown dtype {dtype!r}: pass a torch.dtype, None (float32), or one of {accepted}")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """Check the user's device before any weight is read: a typo or a missing GPU is a one-line error."""
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"unknown device {device!r}: pass 'cpu', 'cuda', 'cuda:N' or 'mps'") from e
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                "pass --device cpu, or install a CUDA build of torch on a machine with a GPU"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
+    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {device!r} asked for, but MPS is not available here; pass --device cpu")
+    return resolved
+
+
 def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
     """`from_pretrained` takes ``dtype=`` from transformers 4.56 on, ``torch_dtype=`` before (and warns on it after)."""
     return {"dtype": dtype} if _TRANSFORMERS_VERSION >= (4, 56) else {"torch_dtype": dtype}
@@ -597,6 +618,7 @@ def load_model(
     Raises :class:`ModelLoadError` for every failure a user can fix.
     """
     resolved_dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
     if kind != "auto" and kind not in KINDS:
         raise ModelLoadError(f"unknown kind {kind!r}: pass 'auto' or one of {', '.join(map(repr, KINDS))}")
     common = dict(kind=kind, dtype=resolved_dtype, attn_implementation=attn_implementation,
