@@ -188,3 +188,51 @@ def test_identity_rule_with_offset_centres_and_books_the_constant(fn, f0):
     torch.testing.assert_close(x.detach() * g, centred * seed, rtol=1e-9, atol=1e-9)
     assert (g / seed).abs().max() <= 1.0  # bounded, no pole at 0: (f(x) − f(0))/x ≤ max f′
     torch.testing.assert_close(ledger.by_site["activation offset"], f0 * seed.sum(dim=1))
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp"])
+def test_grouped_query_attention_with_repeated_heads_is_the_same_rule(monkeypatch, method):
+    """Where SDPA could only take enable_gqa on its math kernel (CUDA float32, or a mask), the rule repeats the
+    key/value heads instead. Forced on here (CPU): output, relevance of q, k, v and the ledger are unchanged."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 6, 5, 4, dtype=torch.float64)
+    k, v = torch.randn(1, 2, 5, 4, dtype=torch.float64), torch.randn(1, 2, 5, 4, dtype=torch.float64)
+
+    def run():
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        ledger = Ledger()
+        out = rules.attention_rule(F.scaled_dot_product_attention, *leaves, is_causal=True, enable_gqa=True,
+                                   method=method, sink=ledger)
+        seed = torch.randn_like(out, generator=torch.Generator().manual_seed(1))
+        out.backward(seed)
+        return out, [(t * t.grad).detach() if t.grad is not None else None for t in leaves], ledger.totals(1)
+
+    reference = run()
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(rules, "gqa_needs_math_kernel", lambda *a: True)
+
+    def spy(q_, k_, v_, **kw):
+        calls.append((k_.shape[1], kw.get("enable_gqa")))
+        return real_sdpa(q_, k_, v_, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    out = rules.attention_rule(spy, *(t.clone() for t in (q, k, v)), is_causal=True, enable_gqa=True,
+                               method=method)
+    assert calls == [(6, False)]  # the kernel saw 6 key heads and no enable_gqa
+    expanded = run()
+    torch.testing.assert_close(expanded[0], reference[0])
+    for a, b in zip(expanded[1], reference[1]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+    assert expanded[2].keys() == reference[2].keys()
+    for site in reference[2]:
+        torch.testing.assert_close(expanded[2][site], reference[2][site])
+
+
+def test_gqa_math_kernel_predicate():
+    assert rules.gqa_needs_math_kernel("cuda", torch.float32, masked=False)
+    assert rules.gqa_needs_math_kernel("cuda", torch.bfloat16, masked=True)
+    assert not rules.gqa_needs_math_kernel("cuda", torch.bfloat16, masked=False)
+    assert not rules.gqa_needs_math_kernel("cpu", torch.float32, masked=True)

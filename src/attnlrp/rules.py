@@ -187,7 +187,35 @@ def attention_rule(
         v = scale_gradient(tap(value, sink, "attention", -1.0), 0.5)
         if isinstance(mask, torch.Tensor):  # an additive bias enters the scores, after A·v's halving
             kwargs["attn_mask"] = scale_gradient(tap(mask, sink, "attention", -1.0), 0.5)
+    k, v = _shared_heads_expanded(q, k, v, kwargs)
     return tap(sdpa(q, k, v, **kwargs), sink, "attention", +1.0)
+
+
+def _shared_heads_expanded(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention (``enable_gqa``) without a kernel that takes it: repeat the key/value heads.
+
+    On CUDA only the flash kernel (fp16/bf16, no mask) takes ``enable_gqa``; otherwise torch falls back to the
+    math kernel, which stores the whole (heads × tokens × tokens) score matrix of every layer for the backward
+    pass (float32 at 16k tokens on SmolLM2: out of memory on an 80 GB GPU). Repeated heads let the memory-efficient
+    kernel run instead. The result is the same function; the repeat's backward sums each group's gradients back.
+    """
+    if not kwargs.get("enable_gqa") or not gqa_needs_math_kernel(
+        q.device.type, q.dtype, kwargs.get("attn_mask") is not None
+    ):
+        return k, v
+    if k.shape[-3] == q.shape[-3] or q.shape[-3] % k.shape[-3]:
+        return k, v
+    groups = q.shape[-3] // k.shape[-3]
+    kwargs["enable_gqa"] = False
+    return k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
+
+
+def gqa_needs_math_kernel(device_type: str, dtype: torch.dtype, masked: bool) -> bool:
+    """Whether torch's SDPA can only run ``enable_gqa=True`` on its math kernel here (CUDA, float32 or a mask:
+    the flash kernel takes GQA but neither float32 nor a mask; the other fused kernels do not take GQA)."""
+    return device_type == "cuda" and (masked or dtype not in (torch.float16, torch.bfloat16))
 
 
 class _GammaRule(torch.autograd.Function):
