@@ -320,13 +320,56 @@ def test_batched_rows_with_absorbed_position_embeddings():
     _assert_same_rows(batched, one)
 
 
-def test_row_batch_auto_is_one_on_cpu_and_batches_elsewhere():
+def test_row_batch_auto_is_one_on_cpu_measured_on_cuda_fixed_elsewhere():
     from attnlrp.generation import AUTO_ROW_BATCH_ACCELERATOR, resolve_row_batch
 
     assert resolve_row_batch("auto", torch.device("cpu"), 40) == 1
-    assert resolve_row_batch("auto", torch.device("cuda"), 40) == AUTO_ROW_BATCH_ACCELERATOR
-    assert resolve_row_batch("auto", torch.device("cuda"), 3) == 3
+    assert resolve_row_batch("auto", torch.device("cuda"), 40) is None  # sized from the first row's memory
+    assert resolve_row_batch("auto", torch.device("cuda"), 1) == 1
+    assert resolve_row_batch("auto", torch.device("mps"), 40) == AUTO_ROW_BATCH_ACCELERATOR
+    assert resolve_row_batch("auto", torch.device("mps"), 3) == 3
     assert resolve_row_batch(8, torch.device("cpu"), 3) == 3
+
+
+def test_rows_that_fit_takes_half_the_free_memory_capped():
+    from attnlrp.generation import MAX_ROW_BATCH, rows_that_fit
+
+    assert rows_that_fit(free_bytes=10_000, bytes_per_copy=1_000, rows=40) == 5
+    assert rows_that_fit(free_bytes=10_000, bytes_per_copy=1_000, rows=3) == 3
+    assert rows_that_fit(free_bytes=500, bytes_per_copy=1_000, rows=40) == 1  # never fewer than one
+    assert rows_that_fit(free_bytes=10**12, bytes_per_copy=1, rows=1000) == MAX_ROW_BATCH
+
+
+def test_measured_row_batch_sizes_the_passes_from_the_first_row(llama64, tok, monkeypatch):
+    """The CUDA path on the CPU with a scripted memory reading: the first row's pass holds 1,000 bytes and
+    3,000 more are free, so the other rows go two per pass ((3,000 + 1,000) / 2 / 1,000), and the rows equal
+    the shared forward's."""
+    import attnlrp.generation as generation
+
+    class ScriptedMemory:
+        def __init__(self, device):
+            self.readings = iter([0, 1_000])
+
+        def allocated(self):
+            return next(self.readings)
+
+        def available(self):
+            return 3_000
+
+    copies_seen = []
+    real_forward = generation._RowPasses._forward
+
+    def spy(self, ctx, copies, positions):
+        copies_seen.append(copies)
+        return real_forward(self, ctx, copies, positions)
+
+    one = explain_generation(llama64, tok, PROMPT, max_new_tokens=5, row_batch=1)
+    monkeypatch.setattr(generation, "resolve_row_batch", lambda *a: None)
+    monkeypatch.setattr(generation, "CudaMemory", ScriptedMemory)
+    monkeypatch.setattr(generation._RowPasses, "_forward", spy)
+    measured = explain_generation(llama64, tok, PROMPT, max_new_tokens=5)
+    assert copies_seen == [1, 2, 2]
+    _assert_same_rows(measured, one)
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "many"])

@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "--row-batch", default="auto", metavar="auto|B",
-        help="with --generate: generated tokens explained per forward + backward pass (default: auto, 1 on a "
-        "CPU, up to 16 on a GPU; the relevance is the same)",
+        help="with --generate: generated tokens explained per forward + backward pass (default: auto: 1 on a "
+        "CPU; on a GPU as many as fit in half its free memory, at most 64; the relevance is the same)",
     )
     explain.add_argument("--top", type=int, default=10, help="tokens in the ranking (default: 10)")
     explain.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
