@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers / huggingface_hub read it at import
 
+import hashlib
 import json
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 import attnlrp.models as models
 from attnlrp.models import LoadedModel, ModelLoadError, load_model
@@ -176,13 +178,92 @@ def test_cache_validity_and_atomic_publish(tmp_path):
     assert not list(tmp_path.glob(".trash-*"))
 
 
-def test_cache_key_follows_the_file(tmp_path):
-    f = tmp_path / "m.gguf"
-    f.write_bytes(b"abc")
-    k1 = models._cache_key(f)
-    assert k1 == models._cache_key(f)
-    os.utime(f, ns=(1, 1))
-    assert models._cache_key(f) != k1
+def test_cache_key_follows_the_content_not_the_path(tmp_path):
+    a, b = tmp_path / "one" / "m.gguf", tmp_path / "two" / "m.gguf"
+    for f in (a, b):
+        f.parent.mkdir()
+        f.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    os.utime(a, ns=(1_000_000_000, 1_000_000_000))
+    os.utime(b, ns=(2_000_000_000, 2_000_000_000))
+    k1 = models._cache_key(a)
+    assert k1 == models._cache_key(b), "the same bytes at another path and mtime must share one cache entry"
+    assert models._gguf_sha256(a) == hashlib.sha256(a.read_bytes()).hexdigest()
+
+    # Changed bytes (same size; a later mtime, as any real rewrite has) give a new key despite the memo.
+    b.write_bytes(b"GGUG" + bytes(range(256)) * 8)
+    os.utime(b, ns=(3_000_000_000, 3_000_000_000))
+    assert models._cache_key(b) != k1
+    assert models._cache_key(a) == k1
+
+
+def _marked_entry(root: Path, name: str, **marker) -> Path:
+    folder = _fake_cache(root / name, None)
+    (folder / models._CACHE_MARKER).write_text(json.dumps(marker))
+    return folder
+
+
+def test_prune_removes_only_superseded_copies_of_the_same_file(tmp_path):
+    gguf = tmp_path / "venv" / "m.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF model bytes")
+    gguf = gguf.resolve()
+    root = tmp_path / "cache"
+    tf = transformers.__version__
+    sha = models._gguf_sha256(gguf)
+    key = lambda c: c * models._KEY_CHARS  # noqa: E731
+    current = _marked_entry(root, f"m-{models._cache_key(gguf)[:24]}", gguf=str(gguf), transformers=tf, sha256=sha)
+
+    # Superseded: a path/mtime-keyed copy from an old clone, the same bytes under an older key, and the
+    # old copy of a file that has since changed in place.
+    legacy = _marked_entry(root, f"m-{key('a')}", gguf="/old/clone/.venv/m.gguf", transformers=tf)
+    same_bytes = _marked_entry(root, f"m-{key('b')}", gguf="/elsewhere/m.gguf", transformers=tf, sha256=sha)
+    changed = _marked_entry(root, f"m-{key('c')}", gguf=str(gguf), transformers=tf, sha256="0" * 64)
+    # Kept: no marker, other stems (also one that starts with "m-"), another transformers version,
+    # another file that merely has the same name, and something that is not an entry name.
+    unmarked = _fake_cache(root / f"m-{key('d')}", None)
+    (unmarked / models._CACHE_MARKER).unlink()
+    other = _marked_entry(root, f"other-{key('e')}", gguf="/old/other.gguf", transformers=tf)
+    prefix = _marked_entry(root, f"m-v2-{key('f')}", gguf="/old/m-v2.gguf", transformers=tf)
+    old_tf = _marked_entry(root, f"m-{key('1')}", gguf="/old/m.gguf", transformers="0.1.0")
+    namesake = _marked_entry(root, f"m-{key('2')}", gguf="/other/model/m.gguf", transformers=tf, sha256="1" * 64)
+    odd_name = _marked_entry(root, "m-backup", gguf="/old/m.gguf", transformers=tf)
+
+    assert models._superseded_caches(root, gguf, current) == sorted([legacy, same_bytes, changed])
+    removed = models._prune_superseded(root, gguf, current)
+    assert sorted(removed) == sorted([legacy, same_bytes, changed])
+    assert not any(p.exists() for p in removed)
+    kept = sorted(p.name for p in root.iterdir())
+    assert kept == sorted(p.name for p in (current, unmarked, other, prefix, old_tf, namesake, odd_name))
+    assert models._cache_is_valid(current)
+
+
+def test_gguf_copies_share_one_cache_entry(tmp_path, monkeypatch):
+    """End to end with the slow dequantisation faked: a second install of the same file reuses the entry,
+    and the first write removes a path-keyed copy an earlier version left behind."""
+    tiny_model, tiny_tokenizer = _tiny_llama(), _tiny_tokenizer()
+    calls = []
+
+    def fake_dequantise(path, kind, attn_implementation, trust_remote_code):
+        calls.append(path)
+        return tiny_model, tiny_tokenizer, "causal-lm"
+
+    monkeypatch.setattr(models, "_dequantise_gguf", fake_dequantise)
+    cache = tmp_path / "cache"
+    legacy = _marked_entry(cache, "m-" + "a" * 24, gguf="/gone/.venv/m.gguf", transformers=transformers.__version__)
+    first_install, second_install = tmp_path / "venv1" / "m.gguf", tmp_path / "venv2" / "m.gguf"
+    for f in (first_install, second_install):
+        f.parent.mkdir()
+        f.write_bytes(b"GGUF not really")
+    os.utime(second_install, ns=(5_000_000_000, 5_000_000_000))
+
+    first = load_model(first_install, cache_dir=cache)
+    assert not first.from_cache and len(calls) == 1
+    assert not legacy.exists()
+    second = load_model(second_install, cache_dir=cache)
+    assert second.from_cache and second.cache_path == first.cache_path and len(calls) == 1
+    assert [p.name for p in cache.iterdir()] == [first.cache_path.name]
+    marker = json.loads((first.cache_path / models._CACHE_MARKER).read_text())
+    assert marker["sha256"] == hashlib.sha256(b"GGUF not really").hexdigest()
 
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch):

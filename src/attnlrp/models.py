@@ -4,7 +4,8 @@ Everything here exists so that the rest of the library can assume one thing: a p
 ``PreTrainedModel`` (no packed quantised layers, fp32 unless asked otherwise, eval mode) and its
 tokenizer. GGUF files are dequantised on load, which is slow (tens of seconds even for 135 M
 parameters), so the first load writes a dequantised safetensors copy to a cache folder and later loads
-read that copy in well under a second.
+read that copy in well under a second. The copy is keyed on the file's bytes (not its path), so every
+environment that installs the same file shares one copy, and writing one removes those it supersedes.
 
 Every failure a user can cause (missing package, bad path, pickle checkpoint, unreachable hub, unknown
 dtype) raises :class:`ModelLoadError` with a message that says what to do, not a library traceback.
@@ -373,11 +374,39 @@ def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
     return Path.home() / ".cache" / "attnlrp"
 
 
-def _cache_key(gguf_path: Path) -> str:
-    """Changes whenever the file or the transformers version (which does the dequantisation) changes."""
+_CACHE_LAYOUT = "attnlrp-gguf-cache/2"  # part of the key: bump it when the key or the folder contents change
+_KEY_CHARS = 24  # hex digits of the key in a cache folder's name: "<gguf stem>-<24 hex digits>"
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(str(version).split(".")[:2])
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """The file's content hash (1 MiB chunks; ~0.1-0.3 s for the 98 MB SmolLM2 file).
+
+    Memoised in-process only; the stat fields are in the memo key so a rewritten file is hashed again.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _gguf_sha256(gguf_path: Path) -> str:
     st = gguf_path.stat()
-    major_minor = ".".join(transformers.__version__.split(".")[:2])
-    raw = json.dumps([str(gguf_path), st.st_size, st.st_mtime_ns, major_minor])
+    return _sha256_of(str(gguf_path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _cache_key(gguf_path: Path) -> str:
+    """Changes whenever the file's bytes or the transformers major.minor (which dequantises) change.
+
+    Keyed on the content, not the path or mtime, so every copy of the same file (a fresh clone, a fresh
+    virtual environment) shares one cache entry.
+    """
+    raw = json.dumps([_CACHE_LAYOUT, _gguf_sha256(gguf_path), _major_minor(transformers.__version__)])
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -533,7 +562,8 @@ def _write_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | No
             _save_pretrained(model, tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
-            marker = {"gguf": str(gguf_path), "transformers": transformers.__version__}
+            marker = {"gguf": str(gguf_path), "transformers": transformers.__version__,
+                      "sha256": _gguf_sha256(gguf_path), "layout": _CACHE_LAYOUT}
             (tmp / _CACHE_MARKER).write_text(json.dumps(marker, indent=1))
             return _publish(tmp, final)
         finally:
@@ -545,12 +575,74 @@ def _write_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | No
         return None
 
 
+def _superseded_caches(root: Path, gguf_path: Path, keep: Path) -> list[Path]:
+    """Complete cache entries that the entry ``keep`` (just written for ``gguf_path``) makes redundant.
+
+    An entry ``E`` in ``root`` is superseded only if ALL of these hold:
+
+    * ``E`` is not ``keep`` and its name is exactly ``<gguf stem>-<24 hex digits>`` (the same file name;
+      ``model-v2-...`` is not an entry of ``model.gguf``, and unrelated folders never match);
+    * ``E`` holds our marker (``_CACHE_MARKER``, written last, so the entry is complete) and it parses;
+      a folder without it is never touched;
+    * the marker's transformers major.minor equals the current one (another version's copy may still be
+      in use by another environment: pruning it would make two environments rebuild each other's copy);
+    * and one of
+      - the marker records the same content sha256 (the same bytes under an older key layout),
+      - the marker records no sha256 and a file of the same name (a copy keyed by path and mtime by
+        earlier versions of this module, which the content key can never hit again),
+      - the marker records the same gguf path (the file there has since changed: its old copy is stale).
+
+    A different file that merely shares the name (another model's ``ggml-model-Q4_0.gguf``) has a
+    different sha256 and path, so it is kept: both models can stay cached without evicting each other.
+    """
+    prefix = f"{gguf_path.stem}-"
+    sha = _gguf_sha256(gguf_path)
+    version = _major_minor(transformers.__version__)
+    hexdigits = set("0123456789abcdef")
+    found = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        name = entry.name
+        key = name[len(prefix):]
+        if (entry == keep or not name.startswith(prefix) or len(key) != _KEY_CHARS or not set(key) <= hexdigits
+                or entry.is_symlink() or not entry.is_dir()):
+            continue
+        try:
+            marker = json.loads((entry / _CACHE_MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(marker, dict) or _major_minor(marker.get("transformers", "")) != version:
+            continue
+        recorded = str(marker.get("gguf", ""))
+        if (marker.get("sha256") == sha
+                or ("sha256" not in marker and Path(recorded).name == gguf_path.name)
+                or recorded == str(gguf_path)):
+            found.append(entry)
+    return sorted(found)
+
+
+def _prune_superseded(root: Path, gguf_path: Path, keep: Path) -> list[Path]:
+    """Remove the entries :func:`_superseded_caches` names (best effort); returns those removed."""
+    removed = []
+    try:
+        for entry in _superseded_caches(root, gguf_path, keep):
+            _discard(entry)
+            if not entry.exists():
+                removed.append(entry)
+    except OSError:  # pruning is housekeeping: it never fails a load
+        pass
+    return removed
+
+
 def _load_gguf(gguf_path: Path, kind: str, dtype: torch.dtype, attn_implementation: str | None,
                trust_remote_code: bool, device, cache_dir, label: str) -> LoadedModel:
     """A GGUF file via its dequantised cache; on a miss, dequantise (with the file's own head) and cache it."""
     gguf_path = gguf_path.expanduser().resolve()
     root = _cache_root(cache_dir)
-    final = root / f"{gguf_path.stem}-{_cache_key(gguf_path)[:24]}"
+    final = root / f"{gguf_path.stem}-{_cache_key(gguf_path)[:_KEY_CHARS]}"
     kwargs = _load_kwargs(dtype, attn_implementation, trust_remote_code)
 
     if final.exists():
@@ -564,6 +656,8 @@ def _load_gguf(gguf_path: Path, kind: str, dtype: torch.dtype, attn_implementati
     # later load can build any head from it.
     model, tokenizer, file_kind = _dequantise_gguf(gguf_path, "auto", attn_implementation, trust_remote_code)
     cached = _write_cache(model, tokenizer, gguf_path, root, final)
+    if cached is not None:  # only once a complete entry is in place: drop the copies it supersedes
+        _prune_superseded(root, gguf_path, cached)
     wanted_kind = file_kind if kind == "auto" else kind
     if cached is not None and (dtype != torch.float32 or wanted_kind != file_kind):
         # Same casting / head-building path as a cached load, so first and later loads give the same model.
