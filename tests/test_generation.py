@@ -396,6 +396,9 @@ def test_cli_device_errors_are_one_line(capsys):
     """No weight is read before the device is checked: a typo or a missing GPU is a one-line error."""
     assert main(["explain", "hello", "--device", "gpu0"]) == 2
     assert "unknown device 'gpu0'" in capsys.readouterr().err
+    for command in (["neurons", "hello"], ["steer", "hello", "--off", "0:1"], ["audit"]):
+        assert main([*command, "--device", "gpu0"]) == 2
+        assert "unknown device 'gpu0'" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["explain", "hello", "--device", "cuda"]) == 2
         err = capsys.readouterr().err

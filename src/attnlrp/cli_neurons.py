@@ -19,6 +19,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="a local folder, a .gguf file, a hub id, or 'smollm2' (default: embedded SmolLM2-135M-Instruct)",
     )
     parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or mps")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     parser.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (unsafe)")
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ExplainError(f"--top takes a positive number of neurons, got {args.top}")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
                         allow_pickle=args.allow_pickle)
     explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, model_name=loaded.source)
     if explainer.head_kind != "causal-lm":

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     scale = _mapping([parse_neuron_value(text) for text in args.scale], "--scale")
     set_to = _mapping([parse_neuron_value(text) for text in args.set_to], "--set")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    loaded = load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
                         allow_pickle=args.allow_pickle)
     steering = steer(loaded.model, off=off, scale=scale, set=set_to)
     result = compare(loaded.model, loaded.tokenizer, prompt, steering, max_new_tokens=args.generate)
