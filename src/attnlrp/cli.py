@@ -7,8 +7,9 @@ import importlib
 import json
 import sys
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from .cli_output import report_unruled_operations
 from .engine import METHODS
 
 
@@ -162,21 +163,10 @@ def _explain(args: argparse.Namespace) -> int:
     if args.generate is not None:
         return _explain_generation(args, prompt, loaded)
     explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, strict=args.strict, model_name=loaded.source)
-    explanation = _reporting_unruled_operations(lambda: explainer.explain(
+    explanation = report_unruled_operations(lambda: explainer.explain(
         prompt, target=_token_arg(args.target), contrast=_token_arg(args.contrast), position=args.position
     ))
     return _emit(args, explanation, top_k=args.top, html_label="HTML heatmap")
-
-
-def _reporting_unruled_operations(run: Callable[[], Any]) -> Any:
-    """Run ``run``; the warning about operations without a rule becomes one line on standard error."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = run()
-    for warning in caught:
-        if "without an LRP rule" in str(warning.message):
-            print(f"warning: {warning.message}", file=sys.stderr)
-    return result
 
 
 def _emit(args: argparse.Namespace, explanation: Any, *, top_k: int, html_label: str) -> int:
@@ -214,7 +204,7 @@ def _explain_generation(args: argparse.Namespace, prompt: str, loaded) -> int:
         raise ExplainError(f"{', '.join(given)} cannot be combined with --generate (it explains every generated token)")
     if args.generate < 1:
         raise ExplainError(f"--generate takes a positive number of tokens, got {args.generate}")
-    explanation = _reporting_unruled_operations(lambda: explain_generation(
+    explanation = report_unruled_operations(lambda: explain_generation(
         loaded.model, loaded.tokenizer, prompt, max_new_tokens=args.generate, method=args.method,
         strict=args.strict, model_name=loaded.source, row_batch=args.row_batch,
     ))

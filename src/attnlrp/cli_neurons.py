@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import _reporting_unruled_operations
+    from .cli_output import report_unruled_operations
     from .explain import Explainer
     from .models import load_model
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if explainer.head_kind != "causal-lm":
         raise ExplainError(f"{type(loaded.model).__name__} is not a causal language model; `attnlrp neurons` "
                            "explains a predicted next token")
-    explanation = _reporting_unruled_operations(lambda: explainer.explain(prompt, latents=True))
+    explanation = report_unruled_operations(lambda: explainer.explain(prompt, latents=True))
     latents = explanation.latents
     scores = latents.top_neurons(args.top, layer=args.layer, order="positive")
     if args.html:

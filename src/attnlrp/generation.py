@@ -31,7 +31,7 @@ from .engine import LRPContext, METHODS
 from .errors import ExplainError
 from .explanation import HtmlView, ranked_tokens
 from .explain import token_relevance, token_scores
-from .inputs import Prompt, head_of, input_device, input_embedding, max_length, prepare_prompt
+from .inputs import Prompt, head_of, input_device, input_embedding, max_length, pad_token_id, prepare_prompt
 
 
 @dataclass(frozen=True)
@@ -168,19 +168,6 @@ class GenerationExplanation(HtmlView):
         )
 
 
-def _pad_token_id(model: nn.Module, tokenizer) -> int | None:
-    for candidate in (
-        getattr(tokenizer, "pad_token_id", None),
-        getattr(getattr(model, "generation_config", None), "pad_token_id", None),
-        getattr(tokenizer, "eos_token_id", None),
-    ):
-        if isinstance(candidate, int):
-            return candidate
-        if isinstance(candidate, (list, tuple)) and candidate:
-            return int(candidate[0])
-    return None
-
-
 def _summed(ledgers: list[LedgerReport], *, value: float) -> LedgerReport:
     """The ledger of a sum of targets: every entry is linear in the seed, so the rows' ledgers add up."""
     sites: dict[str, float] = {}
@@ -278,7 +265,7 @@ def explain_generation(
 
     # ------------------------------------------------------------------ 1. generate, no rule active
     generate_kwargs.setdefault("do_sample", False)
-    pad = _pad_token_id(model, tokenizer)
+    pad = pad_token_id(model, tokenizer)
     if pad is not None:
         generate_kwargs.setdefault("pad_token_id", pad)
     with torch.no_grad(), warnings.catch_warnings():

@@ -122,3 +122,20 @@ def class_index(model: nn.Module, spec: int | str | None, logits_row: torch.Tens
     else:
         raise ExplainError(f"class {spec!r} is not one of the model's {n} classes (0..{n - 1} or a label)")
     return index, id2label.get(index, id2label.get(str(index)))
+
+
+def pad_token_id(model: nn.Module, tokenizer) -> int | None:
+    """The id ``generate`` should pad with: the tokenizer's, else the model's generation config's, else EOS.
+
+    Passing it explicitly keeps ``generate`` from warning (and guessing) on every call for models without one.
+    """
+    for candidate in (
+        getattr(tokenizer, "pad_token_id", None),
+        getattr(getattr(model, "generation_config", None), "pad_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+    ):
+        if isinstance(candidate, int):
+            return candidate
+        if isinstance(candidate, (list, tuple)) and candidate:
+            return int(candidate[0])
+    return None

