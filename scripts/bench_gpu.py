@@ -41,6 +41,9 @@ from typing import Any, Callable
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import doc_ids  # noqa: E402 — the prompts of scripts/bench.py, so CPU and GPU figures share them
+
 warnings.filterwarnings("ignore")
 
 AGREEMENT_TOKENS = 64
@@ -53,17 +56,6 @@ DEVICE = "cuda"  # --device cpu --smoke: a quick run of the script's own code on
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def doc_ids(tokenizer, n: int) -> list[int]:
-    """The first ``n`` token ids of CPython's documentation text (the prompts of scripts/bench.py)."""
-    from pydoc_data.topics import topics
-
-    text = "".join(topics.values())
-    ids = tokenizer(text[: 40 * n], add_special_tokens=False)["input_ids"]
-    if len(ids) < n:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return [int(i) for i in ids[:n]]
-
-
 def sync() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()

@@ -117,9 +117,8 @@ def test_gguf_first_load_writes_cache_and_second_reads_it(smol):
     assert smol["t_cached"] < smol["t_first"]
 
 
-@pytest.mark.real_model
-def test_corrupt_cache_is_rebuilt(smol, tmp_path, monkeypatch):
-    """An incomplete cache folder is ignored and rebuilt; the slow dequantisation is faked with a tiny model."""
+def _fake_dequantisation(monkeypatch) -> tuple[list, torch.nn.Module]:
+    """Replace the slow GGUF dequantisation by a tiny llama; returns the files it is asked for and the llama."""
     tiny_model, tiny_tokenizer = _tiny_llama(), _tiny_tokenizer()
     calls = []
 
@@ -128,6 +127,13 @@ def test_corrupt_cache_is_rebuilt(smol, tmp_path, monkeypatch):
         return tiny_model, tiny_tokenizer, "causal-lm"
 
     monkeypatch.setattr(models, "_dequantise_gguf", fake_dequantise)
+    return calls, tiny_model
+
+
+@pytest.mark.real_model
+def test_corrupt_cache_is_rebuilt(smol, tmp_path, monkeypatch):
+    """An incomplete cache folder is ignored and rebuilt; the slow dequantisation is faked with a tiny model."""
+    calls, tiny_model = _fake_dequantisation(monkeypatch)
     broken = tmp_path / smol["first"].cache_path.name  # same key: the same file and transformers version
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))  # no weights, no marker
@@ -240,14 +246,7 @@ def test_prune_removes_only_superseded_copies_of_the_same_file(tmp_path):
 def test_gguf_copies_share_one_cache_entry(tmp_path, monkeypatch):
     """End to end with the slow dequantisation faked: a second install of the same file reuses the entry,
     and the first write removes a path-keyed copy an earlier version left behind."""
-    tiny_model, tiny_tokenizer = _tiny_llama(), _tiny_tokenizer()
-    calls = []
-
-    def fake_dequantise(path, kind, attn_implementation, trust_remote_code):
-        calls.append(path)
-        return tiny_model, tiny_tokenizer, "causal-lm"
-
-    monkeypatch.setattr(models, "_dequantise_gguf", fake_dequantise)
+    calls, _ = _fake_dequantisation(monkeypatch)
     cache = tmp_path / "cache"
     legacy = _marked_entry(cache, "m-" + "a" * 24, gguf="/gone/.venv/m.gguf", transformers=transformers.__version__)
     first_install, second_install = tmp_path / "venv1" / "m.gguf", tmp_path / "venv2" / "m.gguf"
