@@ -97,6 +97,16 @@ def test_smollm2_classifies_the_reviews_well_above_chance(smollm2, n, floor):
     assert accuracy >= floor
     judged = data.answered_correctly(smollm2.model, samples)  # the runner's per-sample view: the same count
     assert all(isinstance(j, bool) for j in judged) and sum(judged) == round(accuracy * len(samples))
+    assert judged[:6] == [one_at_a_time(smollm2.model, s) for s in samples[:6]]
+
+
+def one_at_a_time(model, sample) -> bool:
+    """Oracle for the batched, padded judgement: one unpadded forward per prompt, read at its last position."""
+    with torch.no_grad():
+        logits = model(torch.tensor([sample.input_ids])).logits[0, -1]
+    if sample.task == "sentiment":
+        return bool(logits[sample.target_id] > logits[sample.contrast_id])
+    return int(logits.argmax()) == sample.target_id
 
 
 def test_sentiment_needs_distinct_single_token_labels(tok):
@@ -141,6 +151,7 @@ def test_smollm2_answers_many_questions_with_the_gold_first_token(smollm2, n, fl
     correct = data.qa_correct(smollm2.model, samples)
     assert sum(correct) >= floor * len(correct)
     assert data.answered_correctly(smollm2.model, samples) == correct
+    assert correct[:6] == [one_at_a_time(smollm2.model, s) for s in samples[:6]]
     next_token = data.build_task("next-token", smollm2.tokenizer, 2)
     assert data.answered_correctly(smollm2.model, next_token) == [None, None]  # no gold label to judge by
 

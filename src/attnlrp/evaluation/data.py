@@ -628,11 +628,8 @@ def resolve_targets(model: torch.nn.Module, samples: Sequence[TextSample], batch
 
 def sentiment_accuracy(model: torch.nn.Module, samples: Sequence[TextSample], batch_size: int = 16) -> float:
     """Fraction of sentiment samples where the gold label's logit beats the other label's."""
-    logits = next_token_logits(model, samples, batch_size)
-    target = torch.tensor([s.target_id for s in samples])
-    contrast = torch.tensor([s.contrast_id for s in samples])
-    rows = torch.arange(len(samples))
-    return float((logits[rows, target] > logits[rows, contrast]).double().mean())
+    judged = answered_correctly(model, samples, batch_size)
+    return sum(bool(j) for j in judged) / len(judged) if judged else float("nan")
 
 
 def answered_correctly(model: torch.nn.Module, samples: Sequence[TextSample], batch_size: int = 16) -> list[bool | None]:
@@ -653,5 +650,4 @@ def answered_correctly(model: torch.nn.Module, samples: Sequence[TextSample], ba
 
 def qa_correct(model: torch.nn.Module, samples: Sequence[TextSample], batch_size: int = 16) -> list[bool]:
     """Per QA sample: does the model's greedy next token equal the gold answer's first token?"""
-    predicted = next_token_logits(model, samples, batch_size).argmax(-1).tolist()
-    return [p == s.target_id for p, s in zip(predicted, samples)]
+    return [bool(j) for j in answered_correctly(model, samples, batch_size)]
