@@ -124,8 +124,10 @@ def test_report_files_and_escaping(tmp_path):
                 "morf_logprob": [0.0, -1.0], "lerf_logprob": [0.0, -0.5]}
         r["grid"] = {"replace": grid}
     summary = runner.summarise(records)
-    text = markdown(summary, {"command": "attnlrp evaluate <x>"})
+    text = markdown(summary, {"command": "attnlrp evaluate <x>", "samples": {"qa": 3}, "note": "two\nlines\x1b[31m"})
     assert "<b>" not in text and "&lt;b&gt;" in text and "a&#124;b" in text
+    assert '{"qa": 3}' in text and "&quot;" not in text  # quotes need no escaping in Markdown
+    assert "two lines\\x1b[31m" in text and "\x1b" not in text  # no line break or escape sequence gets through
     paths = write_results(summary, runner.mean_curves(records), {"command": "c"}, tmp_path)
     assert json.loads(paths[0].read_text())["t<b>:replace"]["attnlrp"]["abpc"] == pytest.approx(1.3)
     assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[4].stat().st_size > 1000

@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..render.escape import html_text
+from ..render.escape import markdown_cell
 
 __all__ = ["run_info", "markdown", "write_results", "plot_curves"]
 
@@ -51,7 +51,7 @@ def _pm(mean: float, half: float) -> str:
 
 def _cell(text: str) -> str:
     """A Markdown table cell: user-given names (methods, tasks) cannot break the table or inject HTML."""
-    return html_text(str(text)).replace("|", "&#124;")
+    return markdown_cell(str(text))
 
 
 def markdown(summary: Mapping[str, Mapping[str, Any]], info: Mapping[str, Any], *, reference: str = "attnlrp") -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 
-__all__ = ["html_text", "terminal_text", "token_repr", "html_token"]
+__all__ = ["html_text", "markdown_cell", "terminal_text", "token_repr", "html_token"]
 
 # C0 controls (incl. ESC), DEL, C1 controls, bidi marks/embeddings/overrides/isolates,
 # line/paragraph separators (they break lines in some terminals) and lone surrogates
@@ -29,6 +29,13 @@ def _visible_escape(ch: str) -> str:
 def html_text(s: str) -> str:
     """Escape text for HTML element content *and* quoted attribute values."""
     return html.escape(s, quote=True)
+
+
+def markdown_cell(s: str) -> str:
+    """Text for a Markdown table cell: no HTML (``<``, ``>``, ``&`` escaped), no cell break (``|``), no line
+    break or control character; quotes stay as they are (they mean nothing outside an attribute)."""
+    text = html.escape(s, quote=False).replace("|", "&#124;")
+    return _UNSAFE.sub(lambda m: " " if m.group() in "\n\r\t" else _visible_escape(m.group()), text)
 
 
 def terminal_text(s: str, *, newline: str = "↵", tab: str = "→") -> str:
