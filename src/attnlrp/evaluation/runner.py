@@ -12,9 +12,11 @@ method (per sample, 95 % t-interval): a method is only *better* where that inter
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -138,9 +140,6 @@ def write_records(records: Sequence[Mapping[str, Any]], path: str | os.PathLike,
                   *, info: Mapping[str, Any] | None = None) -> None:
     """Records as JSON Lines, in summary order, after a header line ``{"run": info}`` (the command and versions
     that made them): the raw data of a run, to re-summarise or merge with other runs later."""
-    import json
-    from pathlib import Path
-
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("w", encoding="utf-8") as handle:
@@ -152,9 +151,6 @@ def write_records(records: Sequence[Mapping[str, Any]], path: str | os.PathLike,
 def read_records(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """``(run info, records)`` of a file written by :func:`write_records`; a clear error names a missing file
     or a line that is not a record."""
-    import json
-    from pathlib import Path
-
     source = Path(path)
     if not source.is_file():
         raise ExplainError(f"no such records file: {source}")
