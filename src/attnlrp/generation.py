@@ -355,14 +355,13 @@ class _RowPasses:
         # (positions × vocabulary) matmul of all other positions
         self.keep_only = "logits_to_keep" in parameters
         self.answer_grad: torch.Tensor | None = None  # (1, tokens, dim), float64: the sum of the rows' gradients
-        self.answer_leaf: torch.Tensor | None = None
 
     @property
     def answer_scores(self) -> torch.Tensor:
         """The whole answer's relevance: every rule's backward is linear in its seed, so the gradient of the sum
         of the generated logits is the sum of the rows' gradients (no backward pass of its own)."""
-        assert self.answer_grad is not None and self.answer_leaf is not None
-        return token_scores(self.answer_leaf, self.answer_grad, self.method)[0].cpu()
+        assert self.answer_grad is not None
+        return token_scores(self.embeds.to(self.leaf_dtype), self.answer_grad, self.method)[0].cpu()
 
     def _forward(self, ctx: LRPContext, copies: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``copies`` copies of the sequence as leaves requiring grad, and each copy's logits at ``positions``."""
@@ -403,10 +402,20 @@ class _RowPasses:
             raise ExplainError("relevance is not finite (NaN/inf in the backward pass); try float32")
         return grad
 
-    def _accumulate(self, leaf: torch.Tensor, grad: torch.Tensor) -> None:
+    def _accumulate(self, grad: torch.Tensor) -> None:
         summed = grad.double().sum(dim=0, keepdim=True)
         self.answer_grad = summed if self.answer_grad is None else self.answer_grad + summed
-        self.answer_leaf = leaf[:1]
+
+    def _rows(self, ctx: LRPContext, leaf: torch.Tensor, grad: torch.Tensor, values: torch.Tensor) -> list[_Row]:
+        """One row per copy of a pass (copy ``b`` seeded with ``values[b]`` only): its scores, logit and ledger."""
+        relevance = token_relevance(leaf, grad).sum(dim=-1)
+        scores = token_scores(leaf, grad, self.method).cpu()
+        rows = []
+        for b in range(len(values)):
+            value = float(values[b].detach())
+            ledger = ctx.ledger.row(b, input_relevance=float(relevance[b]), value=value, batch_size=len(values))
+            rows.append(_Row(scores[b], value, ledger))
+        return rows
 
     def shared(self, ctx: LRPContext) -> list[_Row]:
         """One forward for all rows, then one backward per row with the graph kept."""
@@ -417,40 +426,33 @@ class _RowPasses:
         rows = []
         for k in range(n):
             grad = self._backward(ctx, values[k], leaf, retain=k < n - 1)
-            self._accumulate(leaf, grad)
-            value = float(values[k].detach())
-            ledger = ctx.ledger.row(0, input_relevance=float(token_relevance(leaf, grad).sum()), value=value)
-            rows.append(_Row(token_scores(leaf, grad, self.method)[0].cpu(), value, ledger))
+            self._accumulate(grad)
+            rows += self._rows(ctx, leaf, grad, values[k: k + 1])
         return rows
 
     def batched(self, ctx: LRPContext, batch: int | None = None, memory: CudaMemory | None = None) -> list[_Row]:
         """``batch`` rows per pass: copy ``b`` of the sequence is seeded with its own row's logit only.
 
-        Without ``batch``, the first row runs alone and the memory its pass holds (``memory``) sizes the rest.
+        Without ``batch``, the first row runs alone and the memory its pass holds (read from ``memory``) sizes
+        the passes of the rest.
         """
+        if batch is None and memory is None:
+            raise ValueError("batched passes need a batch size or a memory reading to size them")
         n = len(self.targets)
         self.answer_grad = None
         rows: list[_Row] = []
         first = 0
         while first < n:
             copies = min(batch or 1, n - first)
-            chunk = range(first, first + copies)
-            held_before = memory.allocated() if batch is None and memory is not None else 0
+            held_before = memory.allocated() if batch is None else 0
             leaf, logits = self._forward(ctx, copies, self.positions[first: first + copies])
-            if batch is None and memory is not None:
+            if batch is None:
                 held = memory.allocated() - held_before
                 batch = rows_that_fit(memory.available() + held, held, n - 1)
-            elif batch is None:
-                batch = 1
             own = torch.arange(copies)
-            values = self._values(logits, own, own, chunk)
+            values = self._values(logits, own, own, range(first, first + copies))
             grad = self._backward(ctx, values.sum(), leaf, retain=False)
-            self._accumulate(leaf, grad)
-            relevance = token_relevance(leaf, grad).sum(dim=-1)
-            scores = token_scores(leaf, grad, self.method).cpu()
-            for b in range(copies):
-                value = float(values[b].detach())
-                ledger = ctx.ledger.row(b, input_relevance=float(relevance[b]), value=value, batch_size=copies)
-                rows.append(_Row(scores[b], value, ledger))
+            self._accumulate(grad)
+            rows += self._rows(ctx, leaf, grad, values)
             first += copies
         return rows
