@@ -454,7 +454,7 @@ def _greedy(model, tokenizer, prompt_ids: list[int], n: int) -> list[int]:
     """The tokens explain_generation generates: greedy, same pad token, no rule active."""
     from attnlrp.inputs import pad_token_id
 
-    ids = torch.tensor([prompt_ids], dtype=torch.long)
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=next(model.parameters()).device)
     kwargs = dict(do_sample=False)
     pad = pad_token_id(model, tokenizer)
     if pad is not None:

@@ -42,7 +42,8 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import doc_ids  # noqa: E402 — the prompts of scripts/bench.py, so CPU and GPU figures share them
+# the prompts, the naive loop and the comparison of scripts/bench.py, so CPU and GPU figures share them
+from bench import doc_ids, generation_rel_diff, naive_generation  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -247,19 +248,12 @@ def agreement(model_cpu, tokenizer) -> tuple[dict, str]:
 # ---------------------------------------------------------------------------------------------- 2. generation
 def generation(model_cpu, tokenizer, report: Report) -> tuple[dict, str]:
     import attnlrp
-    from attnlrp.inputs import pad_token_id
 
     model = placed(model_cpu)
     prompt = doc_ids(tokenizer, GEN_PROMPT_TOKENS)
 
     def naive(n: int) -> list[torch.Tensor]:
-        ids = torch.tensor([prompt], device=DEVICE)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                 do_sample=False, pad_token_id=pad_token_id(model, tokenizer))
-        seq = out[0].tolist()
-        return [attnlrp.explain(model, tokenizer, seq[:p], target=seq[p]).relevance
-                for p in range(len(prompt), len(seq))]
+        return naive_generation(model, tokenizer, prompt, n)[1]
 
     data, rows = {}, []
     for n in GEN_LENGTHS:
@@ -281,12 +275,10 @@ def generation(model_cpu, tokenizer, report: Report) -> tuple[dict, str]:
         for name in calls:
             if name == "naive loop":
                 continue
-            g = results[name]
-            num = max(float((g.matrix[k, : len(r)].double() - r.double()).abs().max()) for k, r in enumerate(naive_rows))
-            den = max(float(r.double().abs().max()) for r in naive_rows)
+            diff = generation_rel_diff(results[name], naive_rows)
             median = statistics.median(times[name])
-            entry[name] = {"seconds": median, "times": times[name], "speedup": base / median, "max_rel_diff": num / den}
-            rows.append(f"| {n} | {name} | {median:.3f} | {base:.3f} | **{base / median:.1f}×** | {num / den:.1e} |")
+            entry[name] = {"seconds": median, "times": times[name], "speedup": base / median, "max_rel_diff": diff}
+            rows.append(f"| {n} | {name} | {median:.3f} | {base:.3f} | **{base / median:.1f}×** | {diff:.1e} |")
         data[n] = entry
     md = "\n".join([
         "## Generation attribution on the GPU", "",
