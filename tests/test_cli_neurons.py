@@ -11,7 +11,7 @@ import torch
 import attnlrp.models
 from attnlrp.cli import main
 from attnlrp.explain import Explainer
-from attnlrp.steering import steer
+from attnlrp.latent.steering import steer
 
 PROMPT = "paris is the capital of"
 

@@ -2,8 +2,10 @@
 uninterrupted build row for row, and no chunk was processed twice.
 
 The interrupted builds run `attnlrp concepts build` side by side in two subprocesses on a tiny Llama saved to a
-folder, with a global forward pre-hook that slows each model call down so that the signals land mid-build; the
-resuming runs and the uninterrupted reference run the same command in this process.
+folder. Each holds its build still at a point the test chooses: once PAUSE_AFTER chunks are committed, the next
+model call writes a "ready" file and then waits, for ever, for the signal. The test signals only after it sees
+that file, so the signal always lands mid-build, whatever the machine's load: no sleep or wall time decides
+where. The resuming runs and the uninterrupted reference run the same command in this process.
 """
 
 from __future__ import annotations
@@ -24,23 +26,40 @@ import torch
 from attnlrp.cli import main
 from tiny import WORDS, tiny_llama, word_tokenizer
 
-SLOW_CLI = textwrap.dedent("""
-    import sys, time
+PAUSING_CLI = textwrap.dedent("""
+    import os, sys, time
     import torch
+    import attnlrp.concepts.build as build
 
-    delay = float(sys.argv[1])
+    pause_after, ready = int(sys.argv[1]), sys.argv[2]
+    parent = os.getppid()
+    commits = 0
+    commit_chunk = build.commit_chunk
 
-    def slow(module, args):
-        if type(module).__name__ == "LlamaForCausalLM":
-            time.sleep(delay)
+    def counting_commit_chunk(*args, **kwargs):
+        global commits
+        commit_chunk(*args, **kwargs)
+        commits += 1
 
-    if delay > 0:
-        torch.nn.modules.module.register_module_forward_pre_hook(slow)
+    def pause(module, args):
+        if commits < pause_after or type(module).__name__ != "LlamaForCausalLM":
+            return
+        # mid-build: PAUSE_AFTER chunks are committed and the next one's first model call is under way
+        with open(ready + ".tmp", "w") as f:
+            f.write(str(commits))
+        os.replace(ready + ".tmp", ready)  # the test never sees a half-written file
+        while os.getppid() == parent:  # until the signal (SIGINT raises KeyboardInterrupt out of the sleep)
+            time.sleep(0.05)
+        sys.exit("the test went away before it signalled")  # only an orphan gets here
+
+    build.commit_chunk = counting_commit_chunk
+    torch.nn.modules.module.register_module_forward_pre_hook(pause)
     from attnlrp.cli import main
-    sys.exit(main(sys.argv[2:]))
+    sys.exit(main(sys.argv[3:]))
 """)
 WINDOWS = 48  # 24 paragraphs of 12 words, windows of 6 words: 2 windows each
 CHUNK = 2
+PAUSE_AFTER = 2  # chunks committed before a build pauses for its signal
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +70,7 @@ def setup(tmp_path_factory):
     rng = random.Random(5)
     paragraphs = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(WINDOWS // 2)]
     (folder / "corpus.txt").write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
-    (folder / "slow_cli.py").write_text(SLOW_CLI, encoding="utf-8")
+    (folder / "pausing_cli.py").write_text(PAUSING_CLI, encoding="utf-8")
     return folder
 
 
@@ -61,10 +80,16 @@ def build_args(folder, db) -> list[str]:
             "--chunk-size", str(CHUNK), "--no-progress"]
 
 
-def start(folder, db, delay: float) -> subprocess.Popen:
+def start(folder, db) -> subprocess.Popen:
+    """The build in a subprocess that pauses after PAUSE_AFTER committed chunks; it says so in ``ready(db)``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    return subprocess.Popen([sys.executable, str(folder / "slow_cli.py"), str(delay), *build_args(folder, db)],
+    return subprocess.Popen([sys.executable, str(folder / "pausing_cli.py"), str(PAUSE_AFTER), str(ready(db)),
+                             *build_args(folder, db)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def ready(db):
+    return db.with_name(db.name + ".ready")
 
 
 def committed(db) -> int:
@@ -76,11 +101,12 @@ def committed(db) -> int:
         return 0
 
 
-def interrupt(process: subprocess.Popen, db, at_least: int, sig: int) -> None:
-    deadline = time.monotonic() + 120
-    while committed(db) < at_least:
-        assert process.poll() is None, f"the build ended early: {process.communicate()}"
-        assert time.monotonic() < deadline, "no chunk was committed in time"
+def interrupt(process: subprocess.Popen, db, sig: int) -> None:
+    """Signal the build once it has paused mid-build (its ready file is there); it cannot finish before."""
+    deadline = time.monotonic() + 300  # only a bound on a broken build: nothing here waits for time to pass
+    while not ready(db).exists():
+        assert process.poll() is None, f"the build ended before it paused: {process.communicate()}"
+        assert time.monotonic() < deadline, f"the build did not reach its pause after {PAUSE_AFTER} chunks in 300 s"
         time.sleep(0.02)
     process.send_signal(sig)
 
@@ -109,11 +135,17 @@ def check_resumed(db, reference, interrupted_at: int) -> None:
 
 def test_killed_and_interrupted_builds_resume_to_the_uninterrupted_atlas(setup, tmp_path, capsys):
     killed_db, stopped_db = tmp_path / "killed.sqlite", tmp_path / "stopped.sqlite"
-    killed, stopped = start(setup, killed_db, delay=0.2), start(setup, stopped_db, delay=0.2)  # side by side
-    interrupt(killed, killed_db, at_least=2, sig=signal.SIGKILL)
-    interrupt(stopped, stopped_db, at_least=2, sig=signal.SIGINT)
-    assert killed.wait(60) == -signal.SIGKILL
-    out, err = stopped.communicate(timeout=60)
+    killed, stopped = start(setup, killed_db), start(setup, stopped_db)  # side by side
+    try:
+        interrupt(killed, killed_db, sig=signal.SIGKILL)
+        interrupt(stopped, stopped_db, sig=signal.SIGINT)
+        assert killed.wait(60) == -signal.SIGKILL
+        out, err = stopped.communicate(timeout=60)
+    finally:
+        for process in (killed, stopped):  # a failed wait leaves no paused build behind
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     assert stopped.returncode == 130, err
     assert "interrupted: the committed chunks are kept" in err and "Traceback" not in err
     assert not os.path.exists(f"{stopped_db}-wal")  # Ctrl-C folded the log back: one self-contained file

@@ -3,12 +3,17 @@ batched measurement against a one-by-one oracle), and the study's claims on the 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from attnlrp import evidence
 from attnlrp.errors import ExplainError
-from attnlrp.steering import steer
+from attnlrp.latent.steering import steer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the study lives in scripts/
+import evidence_study as evidence  # noqa: E402
 
 PROMPTS = ["paris is the capital of", "the quick brown fox jumps over the", "rome is the capital", "the dog"]
 

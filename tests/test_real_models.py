@@ -31,7 +31,7 @@ def test_lisbon_is_most_relevant_and_ledger_balances(smollm2):
     assert e.top(1)[0][1].strip() == "Lisbon"
     assert e.unhandled == []
     assert e.ledger.balanced(rtol=1e-5), e.ledger
-    # most of the logit is absorbed by the attention softmax (DESIGN.md §1: input relevance ≈ 42 % of it)
+    # most of the logit is absorbed by the attention softmax (docs/design.md: input relevance ≈ 42 % of it)
     assert 0.3 < e.ledger.input / e.value < 0.5
     assert set(e.ledger.by_site) == {"attention"}
 

@@ -1,4 +1,4 @@
-"""Each rule against its closed-form relevance formula (DESIGN.md §1), in fp64, and stable in fp32/bf16/fp16."""
+"""Each rule against its closed-form relevance formula (docs/design.md), in fp64, and stable in fp32/bf16/fp16."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnlrp import rules
-from attnlrp.audit import Ledger
+from attnlrp.core import rules
+from attnlrp.core.ledger import Ledger
 
 torch.manual_seed(0)
 
@@ -148,7 +148,7 @@ def test_attention_rule_with_causal_mask_is_finite_and_conserves():
 
 def test_cp_lrp_attention_stops_query_and_key():
     q, k, v = (torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    out = rules.attention_rule(F.scaled_dot_product_attention, q, k, v, method="cp-lrp")
+    out = rules.attention_rule(F.scaled_dot_product_attention, q, k, v, holds_attention_constant=True)
     seed = torch.randn_like(out)
     gq, gk, gv = torch.autograd.grad(out, (q, k, v), seed, allow_unused=True)
     assert gq is None and gk is None
@@ -202,7 +202,7 @@ def test_grouped_query_attention_with_repeated_heads_is_the_same_rule(monkeypatc
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
         ledger = Ledger()
         out = rules.attention_rule(F.scaled_dot_product_attention, *leaves, is_causal=True, enable_gqa=True,
-                                   method=method, sink=ledger)
+                                   holds_attention_constant=method == "cp-lrp", sink=ledger)
         seed = torch.randn_like(out, generator=torch.Generator().manual_seed(1))
         out.backward(seed)
         return out, [(t * t.grad).detach() if t.grad is not None else None for t in leaves], ledger.totals(1)
@@ -218,7 +218,7 @@ def test_grouped_query_attention_with_repeated_heads_is_the_same_rule(monkeypatc
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     out = rules.attention_rule(spy, *(t.clone() for t in (q, k, v)), is_causal=True, enable_gqa=True,
-                               method=method)
+                               holds_attention_constant=method == "cp-lrp")
     assert calls == [(6, False)]  # the kernel saw 6 key heads and no enable_gqa
     expanded = run()
     torch.testing.assert_close(expanded[0], reference[0])

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from attnlrp.errors import ExplainError
-from attnlrp.steering import SteeringError, parse_neuron, parse_neuron_value, steer
+from attnlrp.latent.steering import SteeringError, parse_neuron, parse_neuron_value, steer
 
 PROMPT = "paris is the capital of"
 

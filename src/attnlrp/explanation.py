@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .audit import LedgerReport
+from .core.ledger import LedgerReport
 from .tokens import words
 
 
@@ -73,6 +73,17 @@ class HtmlView:
     def _repr_html_(self) -> str:
         return self.to_html(full_page=False)
 
+    def _token_fields(self) -> dict[str, Any]:
+        """The fields every token-level result's ``to_dict`` starts with (prompt, model, method, tokens)."""
+        return {
+            "prompt": self.prompt,
+            "model": self.model_name,
+            "method": self.method,
+            "tokens": list(self.tokens),
+            "token_ids": list(self.token_ids),
+            "special": list(self.special),
+        }
+
 
 @dataclass(frozen=True)
 class Explanation(HtmlView):
@@ -128,12 +139,7 @@ class Explanation(HtmlView):
     # -------------------------------------------------------------------------------------------- outputs
     def to_dict(self) -> dict[str, Any]:
         return {
-            "prompt": self.prompt,
-            "model": self.model_name,
-            "method": self.method,
-            "tokens": list(self.tokens),
-            "token_ids": list(self.token_ids),
-            "special": list(self.special),
+            **self._token_fields(),
             "relevance": [float(r) for r in self.relevance.tolist()],
             "words": [{"word": w, "relevance": r} for w, r in self.words()],
             "target": self.target.to_dict(),

@@ -17,7 +17,6 @@ one backward per row is cheaper (``row_batch="auto"`` chooses per device).
 
 from __future__ import annotations
 
-import inspect
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -26,12 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .audit import LedgerReport, SharedAbsorptionError
-from .engine import LRPContext, METHODS
+from .core import ExplainedPass, LedgerReport, Method, MethodSpec, SharedAbsorptionError, get_method
 from .errors import ExplainError
 from .explanation import HtmlView, ranked_tokens
-from .explain import token_relevance, token_scores
-from .inputs import Prompt, head_of, input_device, input_embedding, max_length, pad_token_id, prepare_prompt
+from .models.adapter import ModelAdapter, Prompt, prepare_prompt
 
 
 @dataclass(frozen=True)
@@ -88,12 +85,7 @@ class GenerationExplanation(HtmlView):
     # --------------------------------------------------------------------------------------------- outputs
     def to_dict(self) -> dict[str, Any]:
         return {
-            "prompt": self.prompt,
-            "model": self.model_name,
-            "method": self.method,
-            "tokens": list(self.tokens),
-            "token_ids": list(self.token_ids),
-            "special": list(self.special),
+            **self._token_fields(),
             "prompt_length": self.prompt_length,
             "generated": list(self.generated),
             "answer": self.answer,
@@ -229,7 +221,7 @@ def explain_generation(
     prompt: Prompt,
     *,
     max_new_tokens: int = 16,
-    method: str = "attnlrp",
+    method: MethodSpec = "attnlrp",
     strict: bool = False,
     add_special_tokens: bool = True,
     model_name: str | None = None,
@@ -243,30 +235,23 @@ def explain_generation(
     (best on a CPU), B > 1 repeats the sequence B times in a batch (best on a GPU), ``"auto"`` picks per device.
     The relevance is the same either way.
     """
-    if method not in METHODS:
-        raise ExplainError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    method = get_method(method)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ExplainError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if row_batch != "auto":
         resolve_row_batch(row_batch, torch.device("cpu"), max_new_tokens)  # reject a bad value before generating
-    embedding = input_embedding(model)
-    if head_of(model).kind != "causal-lm" or not hasattr(model, "generate"):
+    adapter = ModelAdapter.of(model)
+    embedding = adapter.input_embedding()
+    if adapter.head != "causal-lm" or not hasattr(model, "generate"):
         raise ExplainError(f"{type(model).__name__}: generation attribution needs a causal language model")
     prepared = prepare_prompt(tokenizer, prompt, add_special_tokens)
-    limit = max_length(model, tokenizer)
-    if limit is not None and len(prepared) > limit:
-        raise ExplainError(f"the prompt is {len(prepared)} tokens long but the model takes at most {limit}; shorten it")
-    if limit is not None and len(prepared) + max_new_tokens > limit:
-        raise ExplainError(
-            f"the prompt ({len(prepared)} tokens) and {max_new_tokens} new tokens exceed the model's maximum of "
-            f"{limit} tokens; shorten the prompt or generate fewer tokens"
-        )
-    device = input_device(model, embedding)
+    adapter.check_length(len(prepared), tokenizer, extra=max_new_tokens)
+    device = adapter.device
     prompt_ids = torch.tensor([prepared.input_ids], dtype=torch.long, device=device)
 
     # ------------------------------------------------------------------ 1. generate, no rule active
     generate_kwargs.setdefault("do_sample", False)
-    pad = pad_token_id(model, tokenizer)
+    pad = adapter.pad_token_id(tokenizer)
     if pad is not None:
         generate_kwargs.setdefault("pad_token_id", pad)
     with torch.no_grad(), warnings.catch_warnings():
@@ -287,34 +272,27 @@ def explain_generation(
     with torch.no_grad():
         embeds = embedding(inputs_ids)
     seq_len = len(ids)
-    passes = _RowPasses(model, embeds, positions=torch.arange(start - 1, start - 1 + n, device=device),
-                        targets=generated, method=method)
+    passes = _RowPasses(adapter, embeds, positions=torch.arange(start - 1, start - 1 + n, device=device),
+                        targets=generated)
     batch = resolve_row_batch(row_batch, device, n)
-    with torch.enable_grad(), LRPContext(model, method, strict=strict) as ctx:
+    with ExplainedPass(model, method, strict=strict) as explained:
         try:
             if batch is None:
-                rows = passes.batched(ctx, memory=CudaMemory(device))
+                rows = passes.batched(explained, memory=CudaMemory(device))
             else:
-                rows = passes.batched(ctx, batch) if batch > 1 else passes.shared(ctx)
+                rows = passes.batched(explained, batch) if batch > 1 else passes.shared(explained)
         except SharedAbsorptionError:
             # relevance absorbed by a tensor that all copies of the batch share cannot be split per row
-            rows = passes.shared(ctx)
+            rows = passes.shared(explained)
     matrix = torch.zeros(n, seq_len, dtype=torch.float64)
     answer = torch.zeros(seq_len, dtype=torch.float64)
     for k, row in enumerate(rows):
         matrix[k, : seq_len - 1] = row.scores
-    answer[: seq_len - 1] = passes.answer_scores
+    answer[: seq_len - 1] = passes.answer_scores(method)
     values = [row.value for row in rows]
     ledgers = [row.ledger for row in rows]
     answer_ledger = _summed(ledgers, value=sum(values))
-    unhandled = ctx.audit.unhandled_list()
-    if unhandled and method in ("attnlrp", "cp-lrp"):
-        listing = "; ".join(f"{u['operation']} in {u['module']} ({u['count']}×)" for u in unhandled[:8])
-        warnings.warn(
-            f"non-linear operations ran without an LRP rule, relevance may be unfaithful: {listing}. "
-            "The ledger's residual quantifies it; pass strict=True to make this an error.",
-            stacklevel=2,
-        )
+    unhandled = explained.unhandled
     special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
     return GenerationExplanation(
         tokens=list(prepared.tokens) + [tokenizer.decode([t]) for t in generated],
@@ -324,7 +302,7 @@ def explain_generation(
         values=values,
         answer_relevance=answer.float(),
         answer_value=sum(values),
-        method=method,
+        method=method.name,
         ledgers=ledgers,
         answer_ledger=answer_ledger,
         special=list(prepared.special) + [t in special_ids for t in generated],
@@ -345,40 +323,35 @@ class _RowPasses:
     """The explained passes over prompt + answer (minus its last token): row ``k`` is generated token ``k``'s
     logit at position ``positions[k]``. Both strategies give the same rows; they differ in what they repeat."""
 
-    def __init__(self, model: nn.Module, embeds: torch.Tensor, *, positions: torch.Tensor, targets: list[int],
-                 method: str) -> None:
-        self.model, self.embeds, self.positions, self.targets, self.method = model, embeds, positions, targets, method
-        self.leaf_dtype = torch.float32 if embeds.dtype in (torch.float16, torch.bfloat16) else embeds.dtype
-        parameters = inspect.signature(model.forward).parameters
-        self.no_cache = "use_cache" in parameters
+    def __init__(self, adapter: ModelAdapter, embeds: torch.Tensor, *, positions: torch.Tensor,
+                 targets: list[int]) -> None:
+        self.adapter, self.embeds, self.positions, self.targets = adapter, embeds, positions, targets
         # the vocabulary projection only where a generated token is read: every backward then skips the
         # (positions × vocabulary) matmul of all other positions
-        self.keep_only = "logits_to_keep" in parameters
+        self.keep_only = adapter.accepts("logits_to_keep")
         self.answer_grad: torch.Tensor | None = None  # (1, tokens, dim), float64: the sum of the rows' gradients
 
-    @property
-    def answer_scores(self) -> torch.Tensor:
+    def answer_scores(self, method: Method) -> torch.Tensor:
         """The whole answer's relevance: every rule's backward is linear in its seed, so the gradient of the sum
         of the generated logits is the sum of the rows' gradients (no backward pass of its own)."""
         assert self.answer_grad is not None
-        return token_scores(self.embeds.to(self.leaf_dtype), self.answer_grad, self.method)[0].cpu()
+        leaf, _ = ExplainedPass.leaf(self.embeds)
+        return method.token_scores(leaf, self.answer_grad)[0].cpu()
 
-    def _forward(self, ctx: LRPContext, copies: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, explained: ExplainedPass, copies: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``copies`` copies of the sequence as leaves requiring grad, and each copy's logits at ``positions``."""
-        ctx.batch_size = copies
-        ctx.absorber_leaves.clear()  # the previous pass's additive-embedding leaves are not in this graph
-        leaf = self.embeds.detach().to(self.leaf_dtype).expand(copies, -1, -1).clone().requires_grad_(True)
+        explained.start(copies)
+        leaf, embeds = explained.leaf(self.embeds, copies)
         inputs: dict[str, Any] = {
-            "inputs_embeds": leaf if self.embeds.dtype == self.leaf_dtype else leaf.to(self.embeds.dtype),
+            "inputs_embeds": embeds,
             "attention_mask": torch.ones(leaf.shape[:2], dtype=torch.long, device=leaf.device),
+            **self.adapter.no_cache(),
         }
-        if self.no_cache:
-            inputs["use_cache"] = False
         if self.keep_only:
             inputs["logits_to_keep"] = positions
-            logits = self.model(**inputs).logits
+            logits = self.adapter.model(**inputs).logits
         else:
-            logits = self.model(**inputs).logits
+            logits = self.adapter.model(**inputs).logits
             logits = logits[:, positions.to(logits.device)]
         return leaf, logits
 
@@ -386,51 +359,28 @@ class _RowPasses:
                 rows: range) -> torch.Tensor:
         """Row ``rows[i]``'s logit, read from copy ``batch_index[i]`` at kept position ``kept_index[i]``."""
         targets = torch.tensor([self.targets[k] for k in rows], device=logits.device)
-        values = logits[batch_index.to(logits.device), kept_index.to(logits.device), targets].to(torch.float64)
-        if not torch.isfinite(values.detach()).all():
-            raise ExplainError(
-                "the model produced a non-finite logit (NaN or inf) for a generated token; check the model's "
-                "weights and dtype (fp16 overflows easily: try bfloat16 or float32)"
-            )
-        return values
+        return logits[batch_index.to(logits.device), kept_index.to(logits.device), targets].to(torch.float64)
 
-    def _backward(self, ctx: LRPContext, seed: torch.Tensor, leaf: torch.Tensor, retain: bool) -> torch.Tensor:
-        ctx.ledger.reset()
-        grads = torch.autograd.grad(seed, [leaf, *ctx.absorber_leaves], retain_graph=retain, allow_unused=True)
-        grad = torch.zeros_like(leaf) if grads[0] is None else grads[0]
-        if not torch.isfinite(grad).all():
-            raise ExplainError("relevance is not finite (NaN/inf in the backward pass); try float32")
-        return grad
-
-    def _accumulate(self, grad: torch.Tensor) -> None:
-        summed = grad.double().sum(dim=0, keepdim=True)
+    def _backward(self, explained: ExplainedPass, values: torch.Tensor, leaf: torch.Tensor, retain: bool) -> list[_Row]:
+        """One backward seeded with ``values`` (copy ``b`` of the pass with ``values[b]`` only): its rows."""
+        result = explained.backward(values, [leaf], retain=retain, what="a generated token")
+        summed = result.grads[0].double().sum(dim=0, keepdim=True)
         self.answer_grad = summed if self.answer_grad is None else self.answer_grad + summed
+        scores = result.scores[0].cpu()
+        return [_Row(scores[b], ledger.value, ledger) for b, ledger in enumerate(result.ledgers)]
 
-    def _rows(self, ctx: LRPContext, leaf: torch.Tensor, grad: torch.Tensor, values: torch.Tensor) -> list[_Row]:
-        """One row per copy of a pass (copy ``b`` seeded with ``values[b]`` only): its scores, logit and ledger."""
-        relevance = token_relevance(leaf, grad).sum(dim=-1)
-        scores = token_scores(leaf, grad, self.method).cpu()
-        rows = []
-        for b in range(len(values)):
-            value = float(values[b].detach())
-            ledger = ctx.ledger.row(b, input_relevance=float(relevance[b]), value=value, batch_size=len(values))
-            rows.append(_Row(scores[b], value, ledger))
-        return rows
-
-    def shared(self, ctx: LRPContext) -> list[_Row]:
+    def shared(self, explained: ExplainedPass) -> list[_Row]:
         """One forward for all rows, then one backward per row with the graph kept."""
         n = len(self.targets)
         self.answer_grad = None
-        leaf, logits = self._forward(ctx, 1, self.positions)
+        leaf, logits = self._forward(explained, 1, self.positions)
         values = self._values(logits, torch.zeros(n, dtype=torch.long), torch.arange(n), range(n))
         rows = []
         for k in range(n):
-            grad = self._backward(ctx, values[k], leaf, retain=k < n - 1)
-            self._accumulate(grad)
-            rows += self._rows(ctx, leaf, grad, values[k: k + 1])
+            rows += self._backward(explained, values[k: k + 1], leaf, retain=k < n - 1)
         return rows
 
-    def batched(self, ctx: LRPContext, batch: int | None = None, memory: CudaMemory | None = None) -> list[_Row]:
+    def batched(self, explained: ExplainedPass, batch: int | None = None, memory: CudaMemory | None = None) -> list[_Row]:
         """``batch`` rows per pass: copy ``b`` of the sequence is seeded with its own row's logit only.
 
         Without ``batch``, the first row runs alone and the memory its pass holds (read from ``memory``) sizes
@@ -445,14 +395,12 @@ class _RowPasses:
         while first < n:
             copies = min(batch or 1, n - first)
             held_before = memory.allocated() if batch is None else 0
-            leaf, logits = self._forward(ctx, copies, self.positions[first: first + copies])
+            leaf, logits = self._forward(explained, copies, self.positions[first: first + copies])
             if batch is None:
                 held = memory.allocated() - held_before
                 batch = rows_that_fit(memory.available() + held, held, n - 1)
             own = torch.arange(copies)
             values = self._values(logits, own, own, range(first, first + copies))
-            grad = self._backward(ctx, values.sum(), leaf, retain=False)
-            self._accumulate(grad)
-            rows += self._rows(ctx, leaf, grad, values)
+            rows += self._backward(explained, values, leaf, retain=False)
             first += copies
         return rows

@@ -8,7 +8,6 @@ per layer type: ``ImageExplainer(model, gamma={"Conv2d": 0.25, "Linear": 0.05})`
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -16,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audit import LedgerReport
-from .engine import LRP_METHODS, METHODS, LRPContext
+from .core import ExplainedPass, LedgerReport, MethodSpec, get_method
 from .errors import ExplainError
-from .inputs import class_index
 from .explanation import Target
+from .models.adapter import ModelAdapter
+from .targets import ClassTarget, Reading
 
 
 @dataclass(frozen=True)
@@ -80,20 +79,22 @@ class ImageExplainer:
         self,
         model: nn.Module,
         *,
-        method: str = "attnlrp",
+        method: MethodSpec = "attnlrp",
         gamma: Mapping[str | type, float] | None = None,
         strict: bool = False,
     ) -> None:
-        if method not in METHODS:
-            raise ExplainError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-        if gamma and method not in LRP_METHODS:
-            raise ExplainError("the γ-rule is an LRP rule: use it with method 'attnlrp' or 'cp-lrp'")
-        if not type(model).__name__.endswith("ForImageClassification"):
+        self._method = get_method(method)
+        if gamma and not self._method.uses_rules:  # (a method's own γ is checked by the rule context)
+            raise ExplainError("the γ-rule is an LRP rule: use it with a method that uses rules, e.g. 'attnlrp'")
+        if ModelAdapter.of(model).head != "image-cls":
             raise ExplainError(
                 f"{type(model).__name__} is not an image classifier (…ForImageClassification); for text use Explainer"
             )
         config = model.config
-        self.model, self.method, self.strict, self.gamma = model, method, strict, dict(gamma or {})
+        self.model, self.method, self.strict = model, self._method.name, strict
+        #: γ per layer type: the given one, else the method's own (a ``Method`` may carry γ)
+        self.gamma = dict(gamma) if gamma is not None else dict(self._method.gamma)
+        self.adapter = ModelAdapter.of(model)
         self.channels = int(getattr(config, "num_channels", 3))
         self.patch = int(getattr(config, "patch_size", 1))
         self.size = getattr(config, "image_size", None)
@@ -108,34 +109,25 @@ class ImageExplainer:
         (default: the predicted class). ``image`` (height, width, 3 in [0, 1]) is only for display."""
         pixels = self._check(pixel_values)
         parameter = next(self.model.parameters())
-        leaf = pixels.to(parameter.device, torch.float64 if parameter.dtype == torch.float64 else torch.float32)
-        leaf = leaf.unsqueeze(0).requires_grad_(True)
-        with torch.enable_grad(), LRPContext(self.model, self.method, strict=self.strict, gamma=self.gamma) as ctx:
-            ctx.batch_size = 1
-            logits = self.model(pixel_values=leaf.to(parameter.dtype)).logits[0]
-            index, label = class_index(self.model, target, logits)
-            value = logits[index]
-            if not torch.isfinite(value):
-                raise ExplainError("the model produced a non-finite logit; check its weights and dtype")
-            grad, *_ = torch.autograd.grad(value, [leaf, *ctx.absorber_leaves], allow_unused=True)
-        grad = torch.zeros_like(leaf) if grad is None else grad
-        relevance = (grad.double().norm(dim=1) if self.method == "gradient" else (leaf.detach().double() * grad.double()).sum(dim=1))[0]
-        unhandled = ctx.audit.unhandled_list()
-        if unhandled and self.method in LRP_METHODS:
-            listing = "; ".join(f"{u['operation']} in {u['module']}" for u in unhandled[:8])
-            warnings.warn(f"non-linear operations ran without an LRP rule: {listing}", stacklevel=2)
-        input_relevance = float((leaf.detach().double() * grad.double()).sum())
+        pixels_in = pixels.to(parameter.device, torch.float64 if parameter.dtype == torch.float64 else torch.float32)
+        with ExplainedPass(self.model, self._method, strict=self.strict, gamma=self.gamma, feature_dim=1) as explained:
+            explained.start(1)
+            leaf, _ = explained.leaf(pixels_in.unsqueeze(0))
+            output = self.model(pixel_values=leaf.to(parameter.dtype))
+            value, described = ClassTarget(target).read(Reading(output, 0, 1, None, self.adapter, None))
+            result = explained.backward(value, [leaf])
+        relevance = result.scores[0][0]
         return ImageExplanation(
             pixel_relevance=relevance.float().cpu(),
             patch_relevance=_patch_sums(relevance, self.patch).float().cpu(),
-            target=Target(kind="class", position=None, token_id=index, label=label),
-            value=float(value.detach().double()),
+            target=described,
+            value=result.ledgers[0].value,
             method=self.method,
-            ledger=ctx.ledger.row(0, input_relevance=input_relevance, value=float(value.detach().double())),
+            ledger=result.ledgers[0],
             image=_display_image(pixels) if image is None else np.asarray(image),
             gamma=dict(self.gamma),
-            unhandled=unhandled,
-            covered=ctx.audit.covered_table(),
+            unhandled=explained.unhandled,
+            covered=explained.covered,
         )
 
     def _check(self, pixel_values: torch.Tensor | np.ndarray) -> torch.Tensor:

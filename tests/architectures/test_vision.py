@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import attnlrp
-from attnlrp import rules
-from attnlrp.audit import Ledger
+from attnlrp.core import rules
+from attnlrp.core.ledger import Ledger
 from attnlrp.vision import ImageExplainer
 from .configs import build
 from .support_report import record

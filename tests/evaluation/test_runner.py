@@ -15,8 +15,11 @@ import torch
 
 from attnlrp.cli import main
 from attnlrp.evaluation import data, runner
+from attnlrp.evaluation.distributed import shard
 from attnlrp.evaluation.perturbation import flip_curves
+from attnlrp.evaluation.records import read_records
 from attnlrp.evaluation.report import markdown, write_results
+from attnlrp.evaluation.summary import mean_curves, summarise
 from tiny import tiny_llama, word_tokenizer
 
 TEXTS = [
@@ -48,7 +51,7 @@ def test_summary_means_intervals_and_paired_differences_by_hand():
     other = [0.1, 0.4, 0.4]
     records = [_record("t", i, "attnlrp", a, 2 * a) for i, a in enumerate(attn)]
     records += [_record("t", i, "random", b, 0.0, seconds=3.0) for i, b in enumerate(other)]
-    summary = runner.summarise(list(reversed(records)))  # order of records must not matter
+    summary = summarise(list(reversed(records)))  # order of records must not matter
     table = summary["t:replace"]
     t975_df2 = 4.302652729911275
     assert table["attnlrp"]["abpc"] == pytest.approx(0.7)
@@ -72,26 +75,26 @@ def test_plausibility_is_counted_overall_and_where_the_model_is_correct():
             record["correct"] = correct
             record["plausibility"] = {"top1_in_span": hit, "iou": float(hit)}
             records.append(record)
-    table = runner.summarise(records)["qa:replace"]
+    table = summarise(records)["qa:replace"]
     assert (table["attnlrp"]["model_correct_count"], table["attnlrp"]["model_judged"]) == (3, 5)
     assert (table["attnlrp"]["top1_in_span_count"], table["attnlrp"]["top1_in_span_count_when_correct"]) == (3, 2)
     assert (table["random"]["top1_in_span_count"], table["random"]["top1_in_span_count_when_correct"]) == (2, 2)
-    text = markdown(runner.summarise(records), {})
+    text = markdown(summarise(records), {})
     assert "| 3/5 (2/3) |" in text and "| 2/5 (2/3) |" in text and "answers 3 of 5 samples" in text
 
 
 def test_summary_refuses_methods_run_on_different_samples():
     records = [_record("t", 0, "attnlrp", 0.1, 0.1), _record("t", 1, "random", 0.1, 0.1)]
     with pytest.raises(Exception, match="not run on the same samples"):
-        runner.summarise(records)
+        summarise(records)
 
 
 def test_shards_are_disjoint_and_cover_everything():
     items = list(range(11))
-    parts = [runner.shard(items, r, 3) for r in range(3)]
+    parts = [shard(items, r, 3) for r in range(3)]
     assert sorted(x for p in parts for x in p) == items and max(map(len, parts)) - min(map(len, parts)) <= 1
     with pytest.raises(ValueError):
-        runner.shard(items, 3, 3)
+        shard(items, 3, 3)
 
 
 def test_records_equal_the_metric_computed_directly(llama64, tok):
@@ -123,12 +126,12 @@ def test_report_files_and_escaping(tmp_path):
         grid = {"fraction": [0.0, 1.0], "morf_logit": [1.0, 0.0], "lerf_logit": [1.0, 0.5],
                 "morf_logprob": [0.0, -1.0], "lerf_logprob": [0.0, -0.5]}
         r["grid"] = {"replace": grid}
-    summary = runner.summarise(records)
+    summary = summarise(records)
     text = markdown(summary, {"command": "attnlrp evaluate <x>", "samples": {"qa": 3}, "note": "two\nlines\x1b[31m"})
     assert "<b>" not in text and "&lt;b&gt;" in text and "a&#124;b" in text
     assert '{"qa": 3}' in text and "&quot;" not in text  # quotes need no escaping in Markdown
     assert "two lines\\x1b[31m" in text and "\x1b" not in text  # no line break or escape sequence gets through
-    paths = write_results(summary, runner.mean_curves(records), {"command": "c"}, tmp_path)
+    paths = write_results(summary, mean_curves(records), {"command": "c"}, tmp_path)
     assert json.loads(paths[0].read_text())["t<b>:replace"]["attnlrp"]["abpc"] == pytest.approx(1.3)
     assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[4].stat().st_size > 1000
 
@@ -192,12 +195,12 @@ def test_torchrun_two_processes_give_the_one_process_table(tiny_folder, capsys):
 
 
 def test_digits_records_equal_patch_flipping_directly():
-    from attnlrp.evaluation.vision_task import (DIGITS_GAMMA, digits_test_set, explain_patches, load_digits_vit,
-                                                patch_flipping)
+    from attnlrp.evaluation.vision_task import (DIGITS_GAMMA, digits_test_set, evaluate_digits, explain_patches,
+                                                load_digits_vit, patch_flipping)
 
     model = load_digits_vit()
     pixels, labels = digits_test_set(2)
-    records = runner.evaluate_digits(model, pixels, labels, methods=["attnlrp", "attnlrp-gamma", "random"])
+    records = evaluate_digits(model, pixels, labels, methods=["attnlrp", "attnlrp-gamma", "random"])
     assert len(records) == 6
     gamma = [r for r in records if r["method"] == "attnlrp-gamma" and r["index"] == 1][0]
     relevance = explain_patches(model, pixels[1], gamma=DIGITS_GAMMA, target=int(labels[1])).patch_relevance
@@ -209,7 +212,7 @@ def test_digits_records_equal_patch_flipping_directly():
 
 # ------------------------------------------------------------------------- options, records, merge, plausibility
 def test_method_options_from_the_command_line():
-    from attnlrp.cli_evaluate import parse_options
+    from attnlrp.cli.evaluate import parse_options
 
     assert parse_options(["integrated-gradients.max_steps=32", "kernel-shap.samples=8", "smoothgrad.noise=0.25"]) == {
         "integrated-gradients": {"max_steps": 32}, "kernel-shap": {"samples": 8}, "smoothgrad": {"noise": 0.25}}
@@ -226,7 +229,7 @@ def test_records_file_and_merge_give_the_tables_of_the_runs(tiny_folder, tmp_pat
     assert main(["evaluate", "--task", "digits", "--samples", "2", "--methods", "attnlrp,random", "--json",
                  "--no-progress", "--records", str(digits_records)]) == 0
     digits = json.loads(capsys.readouterr().out)
-    info, records = runner.read_records(text_records)
+    info, records = read_records(text_records)
     assert "--records" in info["command"] and info["torch"] == torch.__version__
     assert {r["details"].get("samples") for r in records if r["method"] == "kernel-shap"} == {8}  # option applied
     assert len(records) == 3 * len(TEXTS)
@@ -260,7 +263,7 @@ def test_perturbation_none_is_plausibility_only(llama64, tok, tiny_folder, capsy
     from attnlrp.evaluation.methods import Attributor
 
     direct = data.plausibility(Attributor(llama64, tok)("attnlrp", runner.to_instance(samples[0])).relevance, samples[0])
-    summary = runner.summarise(records)
+    summary = summarise(records)
     assert list(summary) == ["qa:plausibility"]
     assert summary["qa:plausibility"]["attnlrp"]["top1_in_span_count"] == int(direct.top1_in_span)
     assert summary["qa:plausibility"]["attnlrp"]["iou"] == pytest.approx(direct.iou)

@@ -30,9 +30,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..engine import METHODS
+from ..core import method_names
 from ..explain import Explainer
-from ..latent import layer_sites
 from .atlas import Atlas
 from .corpus import CorpusSpec, Window, load_corpus, make_windows, prefix_ids, windows_sha256
 from .errors import AtlasError
@@ -41,7 +40,7 @@ from .store import (FORMAT, KINDS, SCHEMA_VERSION, chunks_done, commit_chunk, de
 from .topk import TopK, changes
 
 # relevance = activation × modified gradient; the plain "gradient" method has no per-unit relevance to rank by
-RELMAX_METHODS = tuple(m for m in METHODS if m != "gradient")
+RELMAX_METHODS = method_names(has_unit_relevance=True)
 
 
 @dataclass(frozen=True)
@@ -160,7 +159,7 @@ def build_atlas(
     if explainer.head_kind != "causal-lm":
         raise AtlasError("a concept atlas ranks by the next-token prediction: it needs a causal language model "
                          f"(…ForCausalLM), not a {explainer.head_kind} head")
-    sites = layer_sites(model)
+    sites = explainer.adapter.layer_sites()
     widths = {site.num_neurons for site in sites}
     if len(widths) != 1:
         raise AtlasError(f"the layers' MLPs differ in width ({sorted(widths)}); the atlas needs one width")

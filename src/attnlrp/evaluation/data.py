@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import json
 import os
 import random
@@ -38,6 +37,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
+
+from ..errors import ExplainError
+from ..models.adapter import ModelAdapter, single_token
 
 __all__ = [
     "DATASETS_DIR",
@@ -174,14 +176,10 @@ def _token_ids(tokenizer, text: str) -> list[int]:
 
 def _single_token(tokenizer, text: str, what: str) -> int:
     """The id of ``text`` if it is exactly one token; a :class:`DataError` naming its pieces otherwise."""
-    ids = _token_ids(tokenizer, text)
-    if len(ids) != 1:
-        pieces = [tokenizer.decode([i]) for i in ids]
-        hint = ""
-        if not text.startswith(" ") and len(_token_ids(tokenizer, " " + text)) == 1:
-            hint = f"; ' {text}' (with a leading space) is one token"
-        raise DataError(f"{what} {text!r} is {len(ids)} tokens for this tokenizer, {pieces}, not one{hint}")
-    return ids[0]
+    try:
+        return single_token(tokenizer, text, what)
+    except ExplainError as e:
+        raise DataError(str(e)) from None
 
 
 def _stable_id(*parts: str) -> str:
@@ -590,7 +588,7 @@ def next_token_logits(model: torch.nn.Module, samples: Sequence[TextSample], bat
     if not samples:
         raise ValueError("no samples given")
     parameter = next(model.parameters())
-    keep_supported = "logits_to_keep" in inspect.signature(model.forward).parameters
+    keep_supported = ModelAdapter.of(model).accepts("logits_to_keep")
     order = sorted(range(len(samples)), key=lambda i: len(samples[i]))
     result: list[torch.Tensor | None] = [None] * len(samples)
     for begin in range(0, len(order), batch_size):

@@ -8,8 +8,6 @@ position; with a contrast, ``logprob(target) − logprob(contrast)``, which equa
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -17,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ExplainError
-from ..explain import input_device
+from ..models.adapter import ModelAdapter
 
 __all__ = ["TextInstance", "text_instance", "neutral_token_id", "position_logits", "target_scores", "embedding_of"]
 
@@ -147,25 +145,19 @@ def neutral_token_id(tokenizer) -> int:
 
 def embedding_of(model: nn.Module) -> nn.Module:
     """The model's input embedding layer (the evaluation perturbs and attributes at its output)."""
-    getter = getattr(model, "get_input_embeddings", None)
-    embedding = getter() if getter is not None else None
-    if not isinstance(embedding, nn.Module):
+    embedding = ModelAdapter.of(model).embedding
+    if embedding is None:
         raise ExplainError(f"{type(model).__name__} has no input embeddings (get_input_embeddings())")
     return embedding
 
 
 def model_device(model: nn.Module) -> torch.device:
-    return input_device(model, embedding_of(model))
-
-
-@functools.lru_cache(maxsize=64)
-def _forward_parameters(forward_type: type, name: str) -> frozenset[str]:
-    return frozenset(inspect.signature(getattr(forward_type, name)).parameters)
+    return ModelAdapter.of(model).device
 
 
 def forward_accepts(model: nn.Module, name: str) -> bool:
-    """Whether ``model.forward`` has a parameter ``name`` (cached per model class)."""
-    return name in _forward_parameters(type(model), "forward")
+    """Whether ``model.forward`` has a parameter ``name`` (the model's adapter knows)."""
+    return ModelAdapter.of(model).accepts(name)
 
 
 def position_logits(

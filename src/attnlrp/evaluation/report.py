@@ -9,7 +9,9 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..extras import require
 from ..render.escape import markdown_cell
+from .summary import REFERENCE
 
 __all__ = ["run_info", "markdown", "write_results", "plot_curves"]
 
@@ -25,7 +27,7 @@ def run_info(command: str, **extra: Any) -> dict[str, Any]:
         import captum
 
         captum_version = captum.__version__
-    except ImportError:  # pragma: no cover - captum is a dependency
+    except ImportError:  # captum is optional (the eval extra); a run without its methods does not need it
         captum_version = None
     return {
         "command": command,
@@ -54,7 +56,7 @@ def _cell(text: str) -> str:
     return markdown_cell(str(text))
 
 
-def markdown(summary: Mapping[str, Mapping[str, Any]], info: Mapping[str, Any], *, reference: str = "attnlrp") -> str:
+def markdown(summary: Mapping[str, Mapping[str, Any]], info: Mapping[str, Any], *, reference: str = REFERENCE) -> str:
     """The results as Markdown: one table per task and perturbation, then how they were made."""
     lines = ["# Faithfulness evaluation", ""]
     lines += [
@@ -148,11 +150,10 @@ def _top1_cell(entry: Mapping[str, Any]) -> str:
 
 def plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, list[float]]]], path: str | Path,
                 *, score: str = "logit") -> None:
-    """One panel per task: each method's mean MoRF (solid) and LeRF (dashed) curve."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """One panel per task: each method's mean MoRF (solid) and LeRF (dashed) curve; needs matplotlib (the
+    ``eval`` extra), imported here so that the evaluation itself imports without it."""
+    require("matplotlib", "eval").use("Agg", force=False)
+    plt = require("matplotlib.pyplot", "eval")
 
     tasks = list(curves)
     columns = min(3, max(1, len(tasks)))

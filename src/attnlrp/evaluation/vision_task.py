@@ -15,31 +15,44 @@ Patch flipping follows the text metric's conventions (token flipping in ``pertur
   faithful: removing what the explanation calls most relevant should hurt the score first.
 
 All perturbed images of one explanation run as a few batched forward passes, never one per step.
+:func:`evaluate_digits` turns this into the evaluation's records (task ``digits``, perturbation ``background``).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..core import Method, MethodSpec, get_method, method_names
+from ..errors import ExplainError
+from ..extras import require
+from .records import GRID_POINTS
+
 if TYPE_CHECKING:
     from transformers import ViTConfig
 
 __all__ = [
+    "ATTNLRP_GAMMA",
     "DIGITS_GAMMA",
     "DIGITS_VIT_DIR",
     "DigitsSplit",
+    "VISION_METHODS",
+    "VISION_PERTURBATION",
+    "VISION_TASK",
     "PatchFlipCurves",
     "accuracy",
     "digits_split",
     "digits_test_set",
     "digits_vit_config",
+    "evaluate_digits",
     "explain_patches",
     "load_digits_vit",
     "patch_flipping",
@@ -58,6 +71,19 @@ INK_SCALE = 16.0
 BACKGROUND = 0.0
 #: The γ setting evaluated "with γ" (the same values the library's vision tests use).
 DIGITS_GAMMA: dict[str, float] = {"Conv2d": 0.25, "Linear": 0.05}
+#: AttnLRP with the γ-rule at DIGITS_GAMMA: a setting of this task rather than a method of the library, so a
+#: ``Method`` object used directly, not registered.
+ATTNLRP_GAMMA: Method = replace(
+    get_method("attnlrp"), name="attnlrp-gamma", label="AttnLRP (γ)",
+    description="AttnLRP with the γ-rule on the linear and convolution layers (DIGITS_GAMMA)",
+    gamma=MappingProxyType(dict(DIGITS_GAMMA)),
+)
+#: The digits task's methods: the registered ones, AttnLRP with γ, and random patch rankings (the floor).
+_METHODS: dict[str, Method] = {m.name: m for m in (*map(get_method, method_names()), ATTNLRP_GAMMA)}
+RANDOM = "random"
+VISION_METHODS: tuple[str, ...] = (*_METHODS, RANDOM)
+VISION_TASK = "digits"
+VISION_PERTURBATION = "background"  # a flipped patch becomes the digits' zero background
 
 SCORES = ("logit", "logprob")
 
@@ -98,13 +124,7 @@ class DigitsSplit:
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise ImportError(
-            "the digits task needs scikit-learn (it ships the digits data): pip install 'attnlrp[vision-eval]'"
-        ) from None
-    digits = load_digits()
+    digits = require("sklearn.datasets", "eval").load_digits()  # scikit-learn ships the digits data
     return np.asarray(digits.data, dtype=np.float64), np.asarray(digits.target, dtype=np.int64)
 
 
@@ -196,17 +216,21 @@ def explain_patches(
     model: nn.Module,
     pixel_values: torch.Tensor,
     *,
-    method: str = "attnlrp",
+    method: MethodSpec = "attnlrp",
     gamma: Mapping[str, float] | None = None,
     target: int | None = None,
 ):
     """One image's :class:`~attnlrp.vision.ImageExplanation` (patch relevance in ``.patch_relevance``).
 
-    A thin convenience over :class:`~attnlrp.vision.ImageExplainer` so the runner builds no explainer itself.
+    A thin convenience over :class:`~attnlrp.vision.ImageExplainer` so the evaluation builds no explainer
+    itself. ``gamma`` defaults to the method's own (``ATTNLRP_GAMMA``'s for that method).
     """
     from ..vision import ImageExplainer
 
-    return ImageExplainer(model, method=method, gamma=gamma).explain(pixel_values, target=target)
+    method = get_method(method)
+    return ImageExplainer(model, method=method, gamma=method.gamma if gamma is None else gamma).explain(
+        pixel_values, target=target
+    )
 
 
 # -------------------------------------------------------------------------------------------- patch flipping
@@ -409,3 +433,49 @@ def _model_dtype(model: Callable, default: torch.dtype) -> torch.dtype:
         if parameter is not None and parameter.is_floating_point():
             return parameter.dtype
     return default
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+def evaluate_digits(
+    model: nn.Module,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    methods: Sequence[str] = VISION_METHODS,
+    steps: int | None = None,
+    seed: int = 0,
+    indices: Sequence[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Records of patch flipping on digits images (explained class: the gold label), one per image and
+    method, in the text evaluation's record format; ``indices`` name the images' positions in the full test set
+    (for sharding)."""
+    unknown = [m for m in methods if m not in VISION_METHODS]
+    if unknown:
+        raise ExplainError(f"unknown vision method(s) {', '.join(unknown)}; choose from {', '.join(VISION_METHODS)}")
+    indices = list(range(len(labels))) if indices is None else list(indices)
+    records: list[dict[str, Any]] = []
+    for index, image, label in zip(indices, pixels, labels.tolist()):
+        for method in methods:
+            start = time.perf_counter()
+            if method == RANDOM:
+                generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+                patch = int(model.config.patch_size)
+                relevance = torch.rand(image.shape[1] // patch, image.shape[2] // patch, generator=generator)
+            else:
+                relevance = explain_patches(model, image, method=_METHODS[method], target=label).patch_relevance
+            seconds = time.perf_counter() - start
+            curves = patch_flipping(model, image, relevance, label, steps=steps)
+            records.append({
+                "task": VISION_TASK, "index": index, "sample": f"digits-test-{index}", "method": method,
+                "seconds": seconds, "details": {}, "tokens": int(relevance.numel()),
+                "flippable": int(relevance.numel()),
+                "abpc": {VISION_PERTURBATION: {"logit": curves.abpc("logit"), "logprob": curves.abpc("logprob")}},
+                "base": {"logit": curves.base_logit, "logprob": curves.base_logprob},
+                "grid": {VISION_PERTURBATION: curves.on_grid(GRID_POINTS)},
+            })
+        if progress is not None:
+            progress(1)
+    return records

@@ -7,6 +7,8 @@ from typing import IO
 import numpy as np
 import torch
 
+from ..extras import require
+
 
 def heatmap_png(
     target: str | IO[bytes],
@@ -18,11 +20,12 @@ def heatmap_png(
     """Write a PNG: ``image`` (height, width, 3 in [0, 1]) and ``relevance`` (any grid, e.g. patches) over it.
 
     The colour scale is symmetric around 0 (``bwr``), so white means no relevance whatever the range.
+    Needs matplotlib (``pip install 'attnlrp[vision]'``): without it, a :class:`~attnlrp.errors.MissingExtraError`
+    says so.
     """
-    import matplotlib
-
+    matplotlib = require("matplotlib", "vision")
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "vision").Figure
 
     grid = np.asarray(relevance, dtype=np.float64)
     if grid.ndim != 2:

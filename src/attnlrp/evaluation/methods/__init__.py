@@ -21,8 +21,11 @@ name                      what                                                  
 ``random``                seeded uniform noise, a different draw per instance                    none
 ========================  =====================================================================  =============
 
-(F: flippable tokens.) Options are keyword arguments of the method (``attribute("integrated-gradients", …,
-max_steps=256)``); ``batch_size`` (default 32) bounds every batched forward pass. An unknown option raises.
+(F: flippable tokens.) The first four are the library's method registry (:func:`attnlrp.core.method_names`, run
+through ``Explainer``), so a method registered before this package is imported is compared too; the rest are
+the evaluation's own baselines (captum's need the ``eval`` extra). Options are keyword arguments of the method
+(``attribute("integrated-gradients", …, max_steps=256)``); ``batch_size`` (default 32) bounds every batched
+forward pass. An unknown option raises.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ...core import method_names
 from ...errors import ExplainError
 from ...explain import Explainer
 from ..instance import TextInstance, embedding_of, model_device, neutral_token_id
@@ -49,10 +53,6 @@ __all__ = [
     "suppression_masks",
 ]
 
-METHOD_NAMES = (
-    "attnlrp", "cp-lrp", "input-x-gradient", "gradient", "integrated-gradients", "smoothgrad",
-    "attention", "rollout", "atman", "occlusion", "kernel-shap", "random",
-)
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,10 @@ def _atman(attributor: "Attributor", instance: TextInstance, **options: Any) -> 
     return attention_based.atman(attributor.model, instance, **options)
 
 
-#: method → (runner, the implementing function whose keyword-only parameters are the method's options)
+#: method → (runner, the implementing function whose keyword-only parameters are the method's options): the
+#: library's registered methods through ``Explainer``, then the evaluation's baselines.
 _REGISTRY: dict[str, tuple[Callable[..., tuple[torch.Tensor, dict]], Callable[..., Any]]] = {
-    "attnlrp": (_explainer_method("attnlrp"), explainer_relevance),
-    "cp-lrp": (_explainer_method("cp-lrp"), explainer_relevance),
-    "input-x-gradient": (_explainer_method("input-x-gradient"), explainer_relevance),
-    "gradient": (_explainer_method("gradient"), explainer_relevance),
+    **{name: (_explainer_method(name), explainer_relevance) for name in method_names()},
     "integrated-gradients": (_ig, captum_based.integrated_gradients),
     "smoothgrad": (_smoothgrad, captum_based.smoothgrad),
     "attention": (_attention, attention_based.raw_attention),
@@ -129,7 +127,8 @@ _REGISTRY: dict[str, tuple[Callable[..., tuple[torch.Tensor, dict]], Callable[..
     "kernel-shap": (_kernel_shap, captum_based.kernel_shap),
     "random": (_random, _random),
 }
-assert tuple(_REGISTRY) == METHOD_NAMES
+#: The methods the evaluation compares, in the order of the results table.
+METHOD_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def method_options(method: str) -> dict[str, Any]:

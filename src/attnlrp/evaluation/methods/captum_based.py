@@ -3,19 +3,28 @@
 All four see only the flippable tokens' embeddings (``EmbeddingScorer``): special tokens keep theirs, so they
 get no attribution and cost no samples. Perturbation-based methods (occlusion, KernelSHAP) return the same
 value for every embedding dimension of a token; that value is the token's relevance (not summed over D).
+
+captum is an optional dependency (the ``eval`` extra): it is imported when a method runs, so the evaluation
+imports without it and a missing captum names the extra to install.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from types import ModuleType
+
 import torch
-from captum._utils.models.model import Model
-from captum.attr import FeatureAblation, IntegratedGradients, KernelShap, NoiseTunnel, Saliency
 from torch.utils.data import DataLoader
 
 from ...errors import ExplainError
+from ...extras import require
 from ._common import EmbeddingScorer, instance_seed, seeded
+
+
+def _captum() -> ModuleType:
+    """``captum.attr``, or a ``MissingExtraError`` naming ``attnlrp[eval]``."""
+    return require("captum.attr", "eval")
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -48,7 +57,7 @@ def integrated_gradients(
     """
     _positive_int(steps, "steps")
     _positive_int(max_steps, "max_steps")
-    ig = IntegratedGradients(scorer, multiply_by_inputs=True)
+    ig = _captum().IntegratedGradients(scorer, multiply_by_inputs=True)
     baseline = torch.zeros_like(scorer.x0)
     with torch.no_grad():
         gap = float(scorer(scorer.x0) - scorer(baseline))
@@ -84,7 +93,8 @@ def smoothgrad(
     if not noise > 0:
         raise ExplainError(f"noise must be positive, got {noise!r}")
     sigma = float(noise * scorer.x0.double().pow(2).mean().sqrt())
-    tunnel = NoiseTunnel(Saliency(scorer))
+    attr = _captum()
+    tunnel = attr.NoiseTunnel(attr.Saliency(scorer))
     with seeded(instance_seed(seed, scorer.instance), scorer.device):
         gradient = tunnel.attribute(
             scorer.x0, nt_type="smoothgrad", nt_samples=samples, stdevs=sigma,
@@ -110,18 +120,19 @@ def occlusion(
     """Leave one token out: relevance_t = f(x) − f(x with token t's embedding replaced by the neutral
     token's), every flippable token once, ``batch_size`` at a time (captum ``FeatureAblation``)."""
     with torch.no_grad():
-        attributions = FeatureAblation(scorer).attribute(
+        attributions = _captum().FeatureAblation(scorer).attribute(
             scorer.x0, baselines=_neutral_baseline(scorer, neutral_embedding), feature_mask=_token_mask(scorer),
             perturbations_per_eval=_positive_int(batch_size, "batch_size"),
         )
     return scorer.to_tokens(attributions[0, :, 0]), {"evaluations": scorer.x0.shape[1] + 1}
 
 
-class _WeightedLeastSquares(Model):
+class _WeightedLeastSquares:
     """KernelSHAP's surrogate: weighted least squares with an intercept, solved in float64 by torch.
 
     Exactly what captum's default (scikit-learn's ``LinearRegression`` with sample weights) computes, without
-    making scikit-learn a dependency of the library.
+    needing scikit-learn. captum calls only ``fit`` and ``representation`` of its interpretable model, so this
+    need not subclass captum's ``Model`` (which would import captum with this module).
     """
 
     def __init__(self) -> None:
@@ -163,7 +174,7 @@ def kernel_shap(
     count give noisy values, so raise it for longer inputs.
     """
     _positive_int(samples, "samples")
-    explainer = KernelShap(scorer)
+    explainer = _captum().KernelShap(scorer)
     explainer.interpretable_model = _WeightedLeastSquares()
     with torch.no_grad(), seeded(instance_seed(seed, scorer.instance), scorer.device):
         attributions = explainer.attribute(

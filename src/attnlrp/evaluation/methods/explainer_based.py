@@ -1,8 +1,8 @@
 """AttnLRP, CP-LRP, Input × Gradient and Gradient: the library's own ``Explainer``, one backward pass each.
 
 They explain exactly the score the evaluation flips (the target logit, or the logit difference with the
-contrast, at the instance's position). Token relevance is Σ_d e·ĝ over the embedding dimension, and the
-gradient's L2 norm for ``gradient`` (as ``Explainer`` reports it).
+contrast, at the instance's position). The token score is what the method's ``token_score`` says, as
+``Explainer`` reports it: Σ_d e·ĝ over the embedding dimension, or the gradient's L2 norm (``gradient``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """Evidence that relevance finds the neurons that carry an answer: switch them off and measure.
 
+A study of the library rather than part of it, so it lives beside its driver in ``scripts/`` (imported as
+``evidence_study`` with ``scripts/`` on the path; ``tests/test_evidence.py`` does that).
+
 The study (issue #5, ``scripts/neuron_evidence.py`` writes ``docs/neuron-evidence.md``): for factual prompts the
 model answers correctly, pick the top-k MLP neurons by a method, switch them off (set to 0 during the forward
-pass, as :func:`attnlrp.steering.steer` does) and measure how much the answer suffers — and how much unrelated
+pass, as :func:`attnlrp.latent.steer` does) and measure how much the answer suffers — and how much unrelated
 prompts suffer with the same neurons off. A method that finds the answer's own neurons hurts the answer a lot and
 everything else little, so the headline number is the **specificity** = answer log-prob drop − off-target drop.
 
@@ -21,24 +24,29 @@ Everything runs in batches: one forward pass holds many rows, each row with its 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from .errors import ExplainError
-from .latent import layer_sites
+from attnlrp.core import get_method, method_names
+from attnlrp.errors import ExplainError
+from attnlrp.explain import Explainer
+from attnlrp.latent import layer_sites
+from attnlrp.models.adapter import ModelAdapter
 
 Neuron = tuple[int, int]
 
-RELEVANCE_METHODS = ("attnlrp", "cp-lrp", "input-x-gradient")
+#: The methods whose latent relevance ranks neurons (the registry's, e.g. not the gradient norm).
+RELEVANCE_METHODS = method_names(has_unit_relevance=True)
 ACTIVATION_METHODS = ("activation", "activation-sum")
 CHOOSERS = RELEVANCE_METHODS + ACTIVATION_METHODS + ("random",)
 LABELS = {
-    "attnlrp": "AttnLRP", "cp-lrp": "CP-LRP", "input-x-gradient": "activation × gradient",
+    **{name: get_method(name).label for name in RELEVANCE_METHODS},
+    "input-x-gradient": "activation × gradient",  # what Input × Gradient is for a neuron
     "activation": "activation (last token)", "activation-sum": "activation (summed over tokens)",
     "random": "random",
 }
@@ -171,11 +179,9 @@ def _logits_at_last(model: nn.Module, tokenizer, prompts: Sequence[str], *, batc
 def _forward_rows(model: nn.Module, rows: list[list[int]], off: Sequence[Sequence[Neuron]] | None) -> torch.Tensor:
     """One forward pass over rows of equal length; the logits at the last position, float64 on the CPU."""
     device = next(model.parameters()).device
-    kwargs: dict[str, Any] = {"input_ids": torch.tensor(rows, dtype=torch.long, device=device)}
-    parameters = inspect.signature(model.forward).parameters
-    if "use_cache" in parameters:
-        kwargs["use_cache"] = False
-    if "logits_to_keep" in parameters:
+    adapter = ModelAdapter.of(model)
+    kwargs: dict[str, Any] = {"input_ids": torch.tensor(rows, dtype=torch.long, device=device), **adapter.no_cache()}
+    if adapter.accepts("logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     ablation = RowAblation(model, off) if off is not None else contextlib.nullcontext()
     with torch.no_grad(), ablation:
@@ -250,10 +256,6 @@ def relevant_neurons(model: nn.Module, tokenizer, prompts: Sequence[str], answer
                      k: int, *, batch_size: int = 8) -> tuple[list[list[Neuron]], list[Any]]:
     """Per prompt, the ``k`` most positively relevant neurons for the answer's logit (relevance summed over the
     tokens, ranked over the whole model), and the latent relevance objects (their activations are reused)."""
-    import warnings
-
-    from .explain import Explainer
-
     explainer = Explainer(model, tokenizer, method=method)
     chosen: list[list[Neuron]] = []
     latents: list[Any] = []

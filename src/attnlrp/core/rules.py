@@ -1,4 +1,4 @@
-"""The AttnLRP rules as autograd functions, in gradient × input form (DESIGN.md §1).
+"""The AttnLRP rules as autograd functions, in gradient × input form (see docs/design.md).
 
 Relevance of a tensor ``a`` is ``a ⊙ ĝ(a)`` where ``ĝ`` is a *modified* gradient. Every function here changes
 how ``ĝ`` flows backwards through one kind of operation; the forward pass is never changed. Each function is
@@ -21,7 +21,7 @@ STABILISER = 1e-6
 
 
 class AbsorptionSink(Protocol):
-    """Where rules report relevance absorbed on the way (implemented by ``attnlrp.audit.Ledger``)."""
+    """Where rules report relevance absorbed on the way (implemented by ``attnlrp.core.ledger.Ledger``)."""
 
     def absorb(self, site: str, amount: torch.Tensor) -> None: ...
 
@@ -162,21 +162,22 @@ def attention_rule(
     key: torch.Tensor,
     value: torch.Tensor,
     *args,
-    method: str = "attnlrp",
+    holds_attention_constant: bool = False,
     sink: AbsorptionSink | None = None,
     **kwargs,
 ) -> torch.Tensor:
     """Attention as a whole (any fused backend): softmax(q·kᵀ)·v with both products under the uniform rule.
 
     ``q·kᵀ`` and ``A·v`` each halve their operands' gradients, the softmax keeps the plain gradient, so
-    ``ĝ(q)``, ``ĝ(k)`` are scaled by ¼ and ``ĝ(v)`` by ½ at the kernel's inputs. CP-LRP instead treats the
-    attention probabilities as constants: ``q`` and ``k`` get no gradient and ``v`` the full one.
+    ``ĝ(q)``, ``ĝ(k)`` are scaled by ¼ and ``ĝ(v)`` by ½ at the kernel's inputs. With
+    ``holds_attention_constant`` (CP-LRP) the attention probabilities are constants instead: ``q`` and ``k`` get
+    no gradient and ``v`` the full one.
     What the attention absorbs (its softmax, an additive mask or bias) is ``R(out) − R(q) − R(k) − R(v) − R(bias)``.
     """
     if args:  # sdpa's positional order: attn_mask, dropout_p, is_causal, scale
         kwargs.update(zip(("attn_mask", "dropout_p", "is_causal", "scale"), args))
     mask = kwargs.get("attn_mask")
-    if method == "cp-lrp":
+    if holds_attention_constant:
         q, k = query.detach(), key.detach()
         v = tap(value, sink, "attention", -1.0)
         if isinstance(mask, torch.Tensor):

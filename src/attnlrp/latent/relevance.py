@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ExplainError
+from ..errors import ExplainError
 
 # Where a layer keeps its MLP output projection and its attention output projection, by family. The first match
 # wins; names are relative to one transformer layer.
@@ -198,7 +198,7 @@ class LatentRelevance:
     def to_html(self, *, full_page: bool = True, top_k: int = 10, head: tuple[int, int] | None = None) -> str:
         """Layer × token heatmap of the residual stream, the top neurons and heads, and one head over tokens
         (``head=(layer, head)``, default: the most relevant head)."""
-        from .render.latent_html import latent_html
+        from ..render.latent_html import latent_html
 
         return latent_html(self, top_k=top_k, head=head, full_page=full_page)
 

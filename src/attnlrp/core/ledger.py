@@ -1,56 +1,16 @@
-"""Bookkeeping of an explained pass: which rule covered which operation, what ran without a rule, and the
-relevance ledger (input relevance + absorbed = explained value).
+"""The relevance ledger of an explained pass: input relevance + relevance absorbed on the way = explained value.
 
-A ledger that does not balance means some non-linear operation ran without a rule (DESIGN.md §1): that is how
-an architecture proves it is covered.
+Every rule that does not pass all relevance on (a softmax, an attention's mask, a bias, a constant addend, the
+γ-rule's stabiliser) reports what it kept to a ``Ledger``, per batch row and kind of site. A ledger that does
+not balance means some non-linear operation ran without a rule: that is how an architecture proves it is
+covered (``attnlrp audit``).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-
-
-@dataclass(frozen=True)
-class UnhandledOp:
-    """A non-linear operation on an input-dependent tensor that no rule covered."""
-
-    op: str
-    module: str  # dotted path of the innermost module that ran it ("" for the model itself)
-    module_type: str
-
-    def __str__(self) -> str:
-        where = f"{self.module} ({self.module_type})" if self.module else self.module_type
-        return f"{self.op} in {where}"
-
-
-@dataclass
-class Audit:
-    """What the rules saw during explained forward passes."""
-
-    covered: Counter = field(default_factory=Counter)  # (rule, operation) -> count
-    unhandled: Counter = field(default_factory=Counter)  # UnhandledOp -> count
-
-    def cover(self, rule: str, op: str) -> None:
-        self.covered[(rule, op)] += 1
-
-    def flag(self, op: UnhandledOp) -> None:
-        self.unhandled[op] += 1
-
-    def covered_table(self) -> list[dict]:
-        return [{"rule": r, "operation": o, "count": n} for (r, o), n in sorted(self.covered.items())]
-
-    def unhandled_list(self) -> list[dict]:
-        return [
-            {"operation": u.op, "module": u.module, "module_type": u.module_type, "count": n}
-            for u, n in sorted(self.unhandled.items(), key=lambda kv: str(kv[0]))
-        ]
-
-
-class UnhandledOperationError(RuntimeError):
-    """Raised in strict mode when a non-linear operation ran without a rule."""
 
 
 class SharedAbsorptionError(ValueError):
@@ -113,7 +73,7 @@ class Ledger:
         return LedgerReport(input=input_relevance, absorbed=sum(sites.values()), value=value, by_site=sites)
 
 
-class _SharedSink:
+class SharedSink:
     """Adapter: a rule's per-row report of a tensor without batch dimension goes to ``Ledger.shared``."""
 
     def __init__(self, ledger: Ledger) -> None:

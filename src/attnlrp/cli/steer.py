@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from .cli_neurons import add_model_arguments
+from .args import add_color, add_json, add_model_arguments, add_prompt, load_model, read_prompt, use_color
 
 
 def register(subparsers: Any) -> None:
@@ -18,7 +17,7 @@ def register(subparsers: Any) -> None:
         "them): the predicted next token, the logit and log-probability of the originally predicted token, and a "
         "greedy continuation each time. Several neurons may follow one flag: --off 3:17 12:5.",
     )
-    parser.add_argument("prompt", help="the text to continue ('-' reads it from standard input)")
+    add_prompt(parser, verb="continue")
     parser.add_argument("--off", nargs="+", action="extend", default=[], metavar="L:N", help="set these neurons to 0")
     parser.add_argument("--scale", nargs="+", action="extend", default=[], metavar="L:N=F",
                         help="multiply these neurons by F")
@@ -26,17 +25,15 @@ def register(subparsers: Any) -> None:
                         help="set these neurons to V")
     parser.add_argument("--generate", type=int, default=20, metavar="N",
                         help="greedy tokens to generate before and after (default: 20; 0: none)")
-    parser.add_argument("--json", action="store_true",
-                        help='print {"before": {...}, "after": {...}} with the next token, logit, log-probability '
-                        "and generated text")
-    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="terminal colours")
+    add_json(parser, help='print {"before": {...}, "after": {...}} with the next token, logit, log-probability '
+             "and generated text")
+    add_color(parser)
     add_model_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .models import load_model
-    from .steering import SteeringError, compare, parse_neuron, parse_neuron_value, steer
+    from ..latent.steering import SteeringError, compare, parse_neuron, parse_neuron_value, steer
 
     if not (args.off or args.scale or args.set_to):
         raise SteeringError("no neuron given: name at least one with --off L:N, --scale L:N=F or --set L:N=V "
@@ -46,9 +43,8 @@ def run(args: argparse.Namespace) -> int:
     off = [parse_neuron(text) for text in args.off]
     scale = _mapping([parse_neuron_value(text) for text in args.scale], "--scale")
     set_to = _mapping([parse_neuron_value(text) for text in args.set_to], "--set")
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-                        allow_pickle=args.allow_pickle)
+    prompt = read_prompt(args)
+    loaded = load_model(args)
     steering = steer(loaded.model, off=off, scale=scale, set=set_to)
     result = compare(loaded.model, loaded.tokenizer, prompt, steering, max_new_tokens=args.generate)
     if args.json:
@@ -60,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _mapping(pairs: list[tuple[tuple[int, int], float]], flag: str) -> dict[tuple[int, int], float]:
     """Pairs to a dict; a neuron named twice in one flag is an error rather than a silent overwrite."""
-    from .steering import SteeringError
+    from ..latent.steering import SteeringError
 
     out: dict[tuple[int, int], float] = {}
     for neuron, value in pairs:
@@ -72,11 +68,9 @@ def _mapping(pairs: list[tuple[tuple[int, int], float]], flag: str) -> dict[tupl
 
 def _view(result: Any, args: argparse.Namespace) -> str:
     """Side by side: next token, the original token's logit and log-probability; then both generations."""
-    from .render import should_color
-    from .render.escape import terminal_text
+    from ..render.escape import terminal_text
 
-    color = {"always": True, "never": False}.get(args.color, should_color(sys.stdout))
-    bold, dim, reset = ("\x1b[1m", "\x1b[2m", "\x1b[0m") if color else ("", "", "")
+    bold, dim, reset = ("\x1b[1m", "\x1b[2m", "\x1b[0m") if use_color(args) else ("", "", "")
     before, after = result.before, result.after
     reference = terminal_text(repr(result.reference_token))
     rows = [

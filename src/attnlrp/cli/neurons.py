@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from .errors import ExplainError
+from ..core import method_names
+from ..errors import ExplainError
+from .args import add_html, add_json, add_model_arguments, add_prompt, load_model, read_prompt
+from .output import report_unruled_operations
 
-NEURON_METHODS = ("attnlrp", "cp-lrp", "input-x-gradient")
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model options shared by ``neurons`` and ``steer`` (as for ``explain``)."""
-    parser.add_argument(
-        "--model", default=None,
-        help="a local folder, a .gguf file, a hub id, or 'smollm2' (default: embedded SmolLM2-135M-Instruct)",
-    )
-    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
-    parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or mps")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
-    parser.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (unsafe)")
+NEURON_METHODS = method_names(has_unit_relevance=True)
 
 
 def register(subparsers: Any) -> None:
@@ -32,27 +22,23 @@ def register(subparsers: Any) -> None:
         "the prompt's tokens), positive relevance first. A neuron is LAYER:NEURON, the input of the layer's MLP "
         "output projection; `attnlrp steer` switches neurons off by the same names.",
     )
-    parser.add_argument("prompt", help="the text to explain ('-' reads it from standard input)")
+    add_prompt(parser)
     parser.add_argument("--top", type=int, default=10, metavar="K", help="how many neurons (default: 10)")
     parser.add_argument("--method", default="attnlrp", choices=NEURON_METHODS, help="attribution method (default: attnlrp)")
     parser.add_argument("--layer", type=int, default=None, metavar="L", help="rank only the neurons of layer L")
-    parser.add_argument("--json", action="store_true",
-                        help='print [{"layer": …, "neuron": …, "relevance": …, "activation": …}, …]')
-    parser.add_argument("--html", metavar="FILE", default=None, help="write the latent relevance view to FILE")
+    add_json(parser, help='print [{"layer": …, "neuron": …, "relevance": …, "activation": …}, …]')
+    add_html(parser, help="write the latent relevance view to FILE")
     add_model_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli_output import report_unruled_operations
-    from .explain import Explainer
-    from .models import load_model
+    from ..explain import Explainer
 
     if args.top < 1:
         raise ExplainError(f"--top takes a positive number of neurons, got {args.top}")
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-                        allow_pickle=args.allow_pickle)
+    prompt = read_prompt(args)
+    loaded = load_model(args)
     explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, model_name=loaded.source)
     if explainer.head_kind != "causal-lm":
         raise ExplainError(f"{type(loaded.model).__name__} is not a causal language model; `attnlrp neurons` "
@@ -73,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _table(explanation: Any, scores: list, args: argparse.Namespace) -> str:
     """The predicted token, then one line per neuron: rank, layer:neuron, relevance, largest activation."""
-    from .render.escape import terminal_text
+    from ..render.escape import terminal_text
 
     target = explanation.target
     where = "the whole model" if args.layer is None else f"layer {args.layer}"

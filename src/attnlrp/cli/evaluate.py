@@ -10,11 +10,9 @@ import sys
 import time
 from typing import Any
 
-TASK_CHOICES = ("next-token", "sentiment", "qa", "digits")
-DEFAULT_TASKS = "next-token,sentiment,qa,digits"
-
-
 def register(commands: Any) -> None:
+    from ..evaluation.tasks import TASK_NAMES
+
     parser = commands.add_parser(
         "evaluate",
         help="faithfulness of attribution methods: perturbation curves, ABPC, paired comparisons",
@@ -26,7 +24,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--model", default=None, help="as for explain --model (default: embedded SmolLM2)")
     parser.add_argument("--data", default=None, metavar="FILE.jsonl", help="evaluate on your own samples")
     parser.add_argument("--task", default=None,
-                        help=f"built-in tasks, comma-separated, or 'all' ({', '.join(TASK_CHOICES)}; "
+                        help=f"built-in tasks, comma-separated, or 'all' ({', '.join(TASK_NAMES)}; "
                         f"default without --data: all)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated attribution methods (default: all twelve; digits: its six)")
@@ -64,8 +62,8 @@ def _split(value: str | None) -> list[str]:
 def parse_options(specs: list[str]) -> dict[str, dict[str, Any]]:
     """``["integrated-gradients.max_steps=32"]`` → ``{"integrated-gradients": {"max_steps": 32}}``; values are
     read as JSON (numbers, true/false) and otherwise kept as text. Unknown methods and options are refused."""
-    from .errors import ExplainError
-    from .evaluation.methods import METHOD_NAMES, method_options
+    from ..errors import ExplainError
+    from ..evaluation.methods import METHOD_NAMES, method_options
 
     options: dict[str, dict[str, Any]] = {}
     for spec in specs:
@@ -88,116 +86,95 @@ def parse_options(specs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _tasks(args: argparse.Namespace) -> list[str]:
-    from .errors import ExplainError
+    from ..errors import ExplainError
+    from ..evaluation.tasks import TASK_NAMES
 
     if args.data and args.task:
         raise ExplainError("give either --data (your samples) or --task (built-in tasks), not both")
     if args.data:
         return []
-    tasks = list(TASK_CHOICES) if args.task in (None, "all") else _split(args.task)
-    unknown = [t for t in tasks if t not in TASK_CHOICES]
+    tasks = list(TASK_NAMES) if args.task in (None, "all") else _split(args.task)
+    unknown = [t for t in tasks if t not in TASK_NAMES]
     if unknown or not tasks:
-        raise ExplainError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TASK_CHOICES)} or all")
+        raise ExplainError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TASK_NAMES)} or all")
     return tasks
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .errors import ExplainError
-    from .evaluation import data, runner
-    from .evaluation.methods import METHOD_NAMES
-    from .evaluation.report import run_info
-    from .models import load_model
+    from ..errors import ExplainError
+    from ..evaluation import data, runner, tasks as evaluation_tasks
+    from ..evaluation.distributed import distributed, gather, shard
+    from ..evaluation.records import write_records
+    from ..evaluation.report import run_info
+    from ..evaluation.summary import mean_curves, summarise
+    from ..models import load_model
 
     if args.merge:
         return _merge(args)
-    tasks = _tasks(args)
+    names = _tasks(args)
     if args.samples is not None and args.samples < 1:
         raise ExplainError(f"--samples must be a positive number of samples, got {args.samples}")
     if args.steps is not None and args.steps < 1:
         raise ExplainError(f"--steps must be positive, got {args.steps}")
     modes = [] if args.perturbation.strip() == "none" else runner.check_modes(_split(args.perturbation))
-    if not modes and (args.data or set(tasks) - {"qa"}):
+    if not modes and (args.data or set(names) - {"qa"}):
         raise ExplainError("--perturbation none measures plausibility only, which only the qa task has; give "
                            "replace and/or zero for the other tasks")
-    text_methods = runner.check_methods(_split(args.methods) or list(METHOD_NAMES))
-    options = parse_options(args.option)
+    settings = evaluation_tasks.Settings(
+        evaluation_tasks.LanguageModel(lambda: load_model(args.model, dtype=args.dtype)), modes=modes,
+        steps=args.steps, batch_size=args.batch_size, options=parse_options(args.option),
+    )
+    tasks = [evaluation_tasks.TextTask.from_jsonl(args.data, settings)] if args.data else []
+    tasks += [evaluation_tasks.build_task(name, settings) for name in names]
+    methods = evaluation_tasks.check_methods(tasks, _split(args.methods))
     started = time.time()
-    with runner.distributed() as (rank, world):
-        needs_text = bool(args.data) or any(t != "digits" for t in tasks)
-        loaded = load_model(args.model, dtype=args.dtype) if needs_text else None
-        jobs: list[tuple[str, list[Any]]] = []
-        if args.data:
-            try:
-                jobs.append(("data", data.load_jsonl(args.data, loaded.tokenizer)[: args.samples]))
-            except data.DataError as error:
-                raise ExplainError(str(error)) from None
-        for task in tasks:
-            if task == "digits":
-                from .evaluation.vision_task import digits_test_set
-
-                pixels, labels = digits_test_set()
-                jobs.append(("digits", list(zip(range(len(labels)), pixels, labels))[: args.samples]))
-            else:
-                jobs.append((task, data.build_task(task, loaded.tokenizer, args.samples)))
-        total = sum(len(runner.shard(items, rank, world)) for _, items in jobs)
+    with distributed() as (rank, world):
+        try:
+            jobs = [(task, task.samples(args.samples)) for task in tasks]
+        except data.DataError as error:
+            raise ExplainError(str(error)) from None
+        total = sum(len(shard(items, rank, world)) for _, items in jobs)
         bar = tqdm(total=total, desc=f"evaluate (process {rank + 1}/{world})", unit="sample",
                    disable=args.no_progress or rank != 0 and world > 1, file=sys.stderr)
         records: list[dict[str, Any]] = []
         extra: dict[str, Any] = {}
         try:
             for task, items in jobs:
-                mine = runner.shard(items, rank, world)
-                if task == "digits":
-                    import torch
-
-                    from .evaluation.vision_task import load_digits_vit, recorded_metrics
-
-                    vision_methods = [m for m in (_split(args.methods) or runner.VISION_METHODS)
-                                      if m in runner.VISION_METHODS]
-                    if not vision_methods:
-                        continue
-                    records += runner.evaluate_digits(
-                        load_digits_vit(), torch.stack([p for _, p, _ in mine]) if mine else torch.zeros(0),
-                        torch.stack([l for _, _, l in mine]) if mine else torch.zeros(0, dtype=torch.long),
-                        methods=vision_methods, steps=args.steps, indices=[i for i, _, _ in mine],
-                        progress=bar.update,
-                    )
-                    extra["digits_vit_test_accuracy"] = recorded_metrics().get("test_accuracy")
-                    continue
-                samples = data.resolve_targets(loaded.model, mine)
-                records += runner.evaluate_samples(
-                    loaded.model, loaded.tokenizer, task, samples, methods=text_methods, modes=modes,
-                    steps=args.steps, batch_size=args.batch_size, options=options, progress=bar.update,
-                )
+                chosen = evaluation_tasks.applicable(task, methods)
+                if chosen:
+                    records += task.evaluate(shard(items, rank, world), chosen, bar.update)
+                    extra.update(task.run_info())
         finally:
             bar.close()
-        records = runner.gather(records, world)
+        records = gather(records, world)
     if rank != 0:
         return 0
+    language = settings.language
     info = run_info(
         "attnlrp " + " ".join(shlex.quote(a) for a in getattr(args, "argv", ["evaluate"])),
-        model=loaded.source if loaded is not None else "digits ViT",
-        processes=world, samples={task: len(items) for task, items in jobs},
+        model=language.get().source if language.loaded else tasks[0].model_name,
+        processes=world, samples={task.name: len(items) for task, items in jobs},
         wall_seconds=round(time.time() - started, 1), **extra,
     )
     if args.records:
-        runner.write_records(records, args.records, info=info)
-    return _report(args, runner.summarise(records), runner.mean_curves(records), info)
+        write_records(records, args.records, info=info)
+    return _report(args, summarise(records), mean_curves(records), info)
 
 
 def _merge(args: argparse.Namespace) -> int:
     """``--merge``: the records of earlier runs summarised together; their run infos become ``runs``."""
-    from .errors import ExplainError
-    from .evaluation import runner
+    from ..errors import ExplainError
+    from ..evaluation.records import read_records
+    from ..evaluation.summary import mean_curves, summarise
 
     if args.task or args.data:
         raise ExplainError("--merge summarises earlier runs' records; it takes no --task or --data")
     records: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     for path in args.merge:
-        info, part = runner.read_records(path)
+        info, part = read_records(path)
         records += part
         runs.append({"records": path, **(info or {})})
     seen: set[tuple[Any, ...]] = set()
@@ -210,11 +187,11 @@ def _merge(args: argparse.Namespace) -> int:
     wall = sum(r.get("wall_seconds", 0.0) for r in runs)
     info = {"command": "attnlrp evaluate --merge " + " ".join(shlex.quote(p) for p in args.merge),
             "wall_seconds_of_the_runs": round(wall, 1), "runs": runs}
-    return _report(args, runner.summarise(records), runner.mean_curves(records), info)
+    return _report(args, summarise(records), mean_curves(records), info)
 
 
 def _report(args: argparse.Namespace, summary: dict[str, Any], curves: dict[str, Any], info: dict[str, Any]) -> int:
-    from .evaluation.report import write_results
+    from ..evaluation.report import write_results
 
     if args.output_dir:
         write_results(summary, curves, info, args.output_dir)
@@ -229,7 +206,7 @@ def _report(args: argparse.Namespace, summary: dict[str, Any], curves: dict[str,
 
 
 def _table(summary: dict[str, Any]) -> str:
-    from .render.escape import terminal_text
+    from ..render.escape import terminal_text
 
     lines = []
     for task, table in summary.items():

@@ -1,7 +1,7 @@
 """``attnlrp concepts build …`` and ``attnlrp concepts show LAYER NEURON …``: the concept atlas on the command line.
 
 Thin: parses, calls :mod:`attnlrp.concepts`, prints. Errors are :class:`AtlasError` (an ``ExplainError``), which
-``attnlrp.cli.main`` prints as one line with exit status 2.
+:func:`attnlrp.cli.main` prints as one line with exit status 2.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
-MODEL_HELP = ("a local folder, a .gguf file, a hub id, or 'smollm2' (default: embedded SmolLM2-135M-Instruct); "
-              "also names the default --db")
+from ..core import method_names
+from .args import (MODEL_HELP, add_color, add_dtype, add_html, add_json, add_loading_permissions, add_model,
+                   load_model, use_color)
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     concepts = subparsers.add_parser(
         "concepts", help="concept atlas: the corpus windows that excite each MLP neuron (ActMax) or make it "
         "relevant (RelMax)",
@@ -30,7 +32,7 @@ def register(subparsers) -> None:
         description="Build the atlas, or resume an interrupted build (same command again): chunks are committed "
         "atomically, so Ctrl-C or a kill loses at most the current chunk.",
     )
-    build.add_argument("--model", default=None, help=MODEL_HELP)
+    add_model(build, help=f"{MODEL_HELP}; also names the default --db")
     build.add_argument("--corpus", default=None, metavar="FILE",
                        help="UTF-8 text file, one document per paragraph (default: the Python documentation "
                        "text CPython ships, pydoc_data.topics)")
@@ -44,12 +46,11 @@ def register(subparsers) -> None:
     build.add_argument("--batch-size", type=int, default=8, help="windows per explained pass (default: 8)")
     build.add_argument("--chunk-size", type=int, default=64,
                        help="windows per committed chunk, a multiple of --batch-size (default: 64)")
-    build.add_argument("--method", default="attnlrp", choices=("attnlrp", "cp-lrp", "input-x-gradient"),
+    build.add_argument("--method", default="attnlrp", choices=method_names(has_unit_relevance=True),
                        help="relevance for RelMax (default: attnlrp)")
-    build.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    add_dtype(build)
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
-    build.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
-    build.add_argument("--allow-pickle", action="store_true", help="allow loading pickle checkpoints (unsafe)")
+    add_loading_permissions(build)
     build.set_defaults(run=_build)
 
     show = commands.add_parser(
@@ -59,17 +60,17 @@ def register(subparsers) -> None:
     show.add_argument("layer", type=int, help="layer index (one of the atlas's layers)")
     show.add_argument("neuron", type=int, help="neuron index within the layer's MLP")
     show.add_argument("--db", default=None, metavar="PATH", help="the atlas file (default: that of --model)")
-    show.add_argument("--model", default=None, help="only names the default --db (as for build)")
+    add_model(show, help="only names the default --db (as for build)")
     show.add_argument("--by", choices=("actmax", "relmax", "both"), default="both", help="ranking (default: both)")
     show.add_argument("--top", type=int, default=None, metavar="N", help="show only the first N samples")
-    show.add_argument("--html", default=None, metavar="FILE", help="write an HTML page to FILE")
-    show.add_argument("--json", action="store_true", help="print one JSON object instead of the terminal view")
-    show.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="terminal colours")
+    add_html(show, help="write an HTML page to FILE")
+    add_json(show)
+    add_color(show)
     show.set_defaults(run=_show)
 
 
 def _layers(value: str | None) -> list[int] | str | None:
-    from .concepts import AtlasError
+    from ..concepts import AtlasError
 
     if value is None or value.strip().lower() == "all":
         return value if value is None else "all"
@@ -80,13 +81,11 @@ def _layers(value: str | None) -> list[int] | str | None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from . import models
-    from .concepts import build_atlas, default_db_path
+    from ..concepts import build_atlas, default_db_path
 
     layers = _layers(args.layers)
     db = args.db or default_db_path(args.model)
-    loaded = models.load_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                               allow_pickle=args.allow_pickle)
+    loaded = load_model(args)
     started = time.perf_counter()
     try:
         atlas = build_atlas(
@@ -108,9 +107,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .concepts import Atlas, AtlasError, default_db_path
-    from .concepts.render import concept_dict, concept_html, concept_terminal
-    from .render import should_color
+    from ..concepts import Atlas, AtlasError, default_db_path
+    from ..concepts.render import concept_dict, concept_html, concept_terminal
 
     if args.top is not None and args.top < 1:
         raise AtlasError(f"--top must be at least 1, got {args.top}")
@@ -124,8 +122,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(concept_dict(info, args.layer, args.neuron, groups), ensure_ascii=False))
         return 0
-    color = {"always": True, "never": False}.get(args.color, should_color(sys.stdout))
-    print(concept_terminal(info, args.layer, args.neuron, groups, color=color))
+    print(concept_terminal(info, args.layer, args.neuron, groups, color=use_color(args)))
     if args.html:
         print(f"\nHTML page: {args.html}")
     return 0

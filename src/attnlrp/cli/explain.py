@@ -1,0 +1,112 @@
+"""``attnlrp explain PROMPT``: the relevance of each prompt token for a prediction, or with ``--generate N`` for
+each generated token and the whole answer."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..core import method_names
+from .args import (add_attn, add_color, add_device, add_dtype, add_html, add_json, add_loading_permissions, add_model,
+                   add_prompt, load_model, read_prompt, use_color)
+from .output import report_unruled_operations
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="relevance of each prompt token for a prediction",
+        description="Explain the model's next-token prediction (or a given target) for PROMPT.",
+    )
+    add_prompt(parser)
+    add_model(parser, help="a local folder, a .gguf file, a hub id, or 'smollm2' / 'minilm' "
+              "(default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--method", default="attnlrp", choices=method_names(), help="attribution method (default: attnlrp)")
+    parser.add_argument("--target", default=None, help="explain this token (a string or an id) instead of the prediction")
+    parser.add_argument("--contrast", default=None, help="explain logit(target) minus logit(CONTRAST)")
+    parser.add_argument("--position", type=int, default=None, help="explain the output at this position (default: last)")
+    add_html(parser, help="write an HTML heatmap to FILE")
+    add_json(parser)
+    parser.add_argument(
+        "--generate", type=int, default=None, metavar="N",
+        help="generate N tokens (greedy) and explain each of them and the whole answer instead of the next token",
+    )
+    parser.add_argument(
+        "--row-batch", default="auto", metavar="auto|B",
+        help="with --generate: generated tokens explained per forward + backward pass (default: auto: 1 on a "
+        "CPU; on a GPU as many as fit in half its free memory, at most 64; the relevance is the same)",
+    )
+    parser.add_argument("--top", type=int, default=10, help="tokens in the ranking (default: 10)")
+    add_dtype(parser)
+    add_device(parser)
+    parser.add_argument("--strict", action="store_true", help="fail if any non-linear operation runs without a rule")
+    add_attn(parser)
+    add_color(parser)
+    add_loading_permissions(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..explain import Explainer
+
+    if args.row_batch != "auto":  # checked before any weight is read
+        if args.generate is None:
+            from ..errors import ExplainError
+
+            raise ExplainError("--row-batch only applies with --generate N")
+        args.row_batch = _positive_int(args.row_batch, "--row-batch")
+    prompt = read_prompt(args)
+    loaded = load_model(args)
+    if args.generate is not None:
+        return _explain_generation(args, prompt, loaded)
+    explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, strict=args.strict, model_name=loaded.source)
+    explanation = report_unruled_operations(lambda: explainer.explain(
+        prompt, target=_token_arg(args.target), contrast=_token_arg(args.contrast), position=args.position
+    ))
+    return _emit(args, explanation, top_k=args.top, html_label="HTML heatmap")
+
+
+def _token_arg(value: str | None) -> int | str | None:
+    """``--target 1234`` means the id 1234; anything else is a token string (kept verbatim, spaces included)."""
+    if value is None:
+        return None
+    return int(value) if value.strip().isdigit() and value == value.strip() else value
+
+
+def _emit(args: argparse.Namespace, explanation: Any, *, top_k: int, html_label: str) -> int:
+    """Write the HTML file if asked, then JSON or the terminal view on standard output."""
+    if args.html:
+        explanation.save_html(args.html)
+    if args.json:
+        print(explanation.to_json())
+        return 0
+    print(explanation.to_terminal(color=use_color(args), top_k=top_k))
+    if args.html:
+        print(f"\n{html_label}: {args.html}")
+    return 0
+
+
+def _positive_int(text: str, flag: str) -> int:
+    from ..errors import ExplainError
+
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ExplainError(f"{flag} takes 'auto' or a positive integer, got {text!r}")
+    return int(text)
+
+
+def _explain_generation(args: argparse.Namespace, prompt: str, loaded: Any) -> int:
+    """``explain --generate N``: the answer, each generated token's most relevant earlier tokens, the whole answer."""
+    from ..errors import ExplainError
+    from ..generation import explain_generation
+
+    given = [flag for flag, value in (("--target", args.target), ("--contrast", args.contrast),
+                                      ("--position", args.position)) if value is not None]
+    if given:
+        raise ExplainError(f"{', '.join(given)} cannot be combined with --generate (it explains every generated token)")
+    if args.generate < 1:
+        raise ExplainError(f"--generate takes a positive number of tokens, got {args.generate}")
+    explanation = report_unruled_operations(lambda: explain_generation(
+        loaded.model, loaded.tokenizer, prompt, max_new_tokens=args.generate, method=args.method,
+        strict=args.strict, model_name=loaded.source, row_batch=args.row_batch,
+    ))
+    return _emit(args, explanation, top_k=3, html_label="HTML view")
