@@ -299,6 +299,12 @@ class LRPContext(AbstractContextManager):
         self.audit.flag(unhandled)
 
 
+def open_context(model: nn.Module) -> LRPContext | None:
+    """The context open on ``model`` right now, if any (observers such as ``localise`` read its ledger)."""
+    with _OPEN_LOCK:
+        return _OPEN.get(model)
+
+
 def _input_embedding_of(model: nn.Module) -> nn.Module | None:
     getter = getattr(model, "get_input_embeddings", None)
     if getter is None:

@@ -29,9 +29,13 @@ class Ledger:
     def __init__(self) -> None:
         self.by_site: dict[str, torch.Tensor] = {}
         self.shared: dict[str, float] = {}
+        #: everything absorbed since the last reset, all rows together, in the order backward reached it:
+        #: the difference of two readings is what was absorbed in between (``localise`` uses it per block)
+        self.running = 0.0
 
     def absorb(self, site: str, amount: torch.Tensor) -> None:
         amount = amount.detach().to("cpu", torch.float64).reshape(-1)
+        self.running += float(amount.sum())
         previous = self.by_site.get(site)
         if previous is not None and previous.shape != amount.shape:
             # the same kind of site seen with another leading size (e.g. batch and batch × tokens): keep both
@@ -40,11 +44,14 @@ class Ledger:
         self.by_site[site] = amount if previous is None else previous + amount
 
     def absorb_shared(self, site: str, amount: torch.Tensor) -> None:
-        self.shared[site] = self.shared.get(site, 0.0) + float(amount.detach().double().sum())
+        total = float(amount.detach().double().sum())
+        self.shared[site] = self.shared.get(site, 0.0) + total
+        self.running += total
 
     def reset(self) -> None:
         self.by_site.clear()
         self.shared.clear()
+        self.running = 0.0
 
     def totals(self, batch_size: int) -> dict[str, torch.Tensor]:
         """Absorbed relevance per site and batch row, shape ``(batch_size,)`` each."""
