@@ -27,37 +27,44 @@ class Ledger:
     """
 
     def __init__(self) -> None:
+        # amounts stay on the device they were computed on, in float64: reading them is one transfer after the
+        # backward pass (``totals``), not a host synchronisation per tap
         self.by_site: dict[str, torch.Tensor] = {}
-        self.shared: dict[str, float] = {}
-        #: everything absorbed since the last reset, all rows together, in the order backward reached it:
-        #: the difference of two readings is what was absorbed in between (``localise`` uses it per block)
-        self.running = 0.0
+        self.shared: dict[str, torch.Tensor] = {}
 
     def absorb(self, site: str, amount: torch.Tensor) -> None:
-        amount = amount.detach().to("cpu", torch.float64).reshape(-1)
-        self.running += float(amount.sum())
+        amount = amount.detach()
+        if amount.device.type == "mps":  # no float64 there
+            amount = amount.cpu()
+        amount = amount.to(torch.float64).reshape(-1)
         previous = self.by_site.get(site)
-        if previous is not None and previous.shape != amount.shape:
-            # the same kind of site seen with another leading size (e.g. batch and batch × tokens): keep both
-            site = f"{site}#{amount.numel()}"
+        if previous is not None and (previous.shape != amount.shape or previous.device != amount.device):
+            # the same kind of site seen with another leading size (e.g. batch and batch × tokens), or on
+            # another device (a model split over GPUs): keep both
+            site = f"{site}#{amount.numel()}@{amount.device}"
             previous = self.by_site.get(site)
         self.by_site[site] = amount if previous is None else previous + amount
 
     def absorb_shared(self, site: str, amount: torch.Tensor) -> None:
-        total = float(amount.detach().double().sum())
-        self.shared[site] = self.shared.get(site, 0.0) + total
-        self.running += total
+        total = amount.detach().to(torch.float64).sum().cpu()
+        self.shared[site] = total if site not in self.shared else self.shared[site] + total
+
+    @property
+    def running(self) -> float:
+        """Everything absorbed since the last reset, all rows together. Read during a backward pass, the
+        difference of two readings is what was absorbed in between (``localise`` reads it per block); each
+        reading synchronises with the device, so only diagnostics read it."""
+        return float(sum(float(t.sum()) for t in self.by_site.values()) + sum(float(t) for t in self.shared.values()))
 
     def reset(self) -> None:
         self.by_site.clear()
         self.shared.clear()
-        self.running = 0.0
 
     def totals(self, batch_size: int) -> dict[str, torch.Tensor]:
         """Absorbed relevance per site and batch row, shape ``(batch_size,)`` each."""
         folded: dict[str, torch.Tensor] = {}
         for key, amount in self.by_site.items():
-            site = key.split("#")[0]
+            site, amount = key.split("#")[0], amount.cpu()
             if amount.numel() % batch_size:
                 raise ValueError(
                     f"relevance absorbed at '{site}' has {amount.numel()} rows, not a multiple of the batch "
@@ -65,7 +72,8 @@ class Ledger:
                 )
             rows = amount.reshape(batch_size, -1).sum(dim=1)
             folded[site] = folded[site] + rows if site in folded else rows
-        for site, amount in self.shared.items():
+        for site, shared in self.shared.items():
+            amount = float(shared)
             if batch_size != 1 and amount != 0.0:
                 raise SharedAbsorptionError(
                     f"relevance absorbed at '{site}' is shared by all prompts of the batch and cannot be split "
