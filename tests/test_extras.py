@@ -56,10 +56,22 @@ def test_pyproject_keeps_evaluation_and_plotting_out_of_the_core_dependencies():
     project = _pyproject()
     core, extras = _names(project["dependencies"]), project["optional-dependencies"]
     assert {"torch", "transformers", "accelerate", "safetensors", "gguf", "numpy", "tqdm"} <= core
-    assert not {"captum", "matplotlib", "scikit-learn", "starlette", "uvicorn"} & core
-    assert {"captum", "scikit-learn", "matplotlib"} <= _names(extras["eval"])
+    assert not {"captum", "matplotlib", "scikit-learn", "scipy", "starlette", "uvicorn"} & core
+    assert {"captum", "scikit-learn", "matplotlib", "scipy"} <= _names(extras["eval"])
     assert "matplotlib" in _names(extras["vision"])
     assert {"starlette", "uvicorn"} <= _names(extras["serve"])
     assert set(EXTRAS) <= set(extras), "every extra attnlrp.extras can name is declared"
-    assert any(r.replace(" ", "") == "attnlrp[eval,vision,serve]" for r in extras["all"])
+    assert "pandas" in _names(extras["pandas"]) and "pandas" not in core
+    included = {e.strip() for r in extras["all"] if r.startswith("attnlrp[") for e in r[8:].rstrip("]").split(",")}
+    assert {"eval", "vision", "serve", "pandas"} <= included, extras["all"]
     assert "pytest" in _names(extras["dev"]) and "attnlrp[all]" in extras["dev"], "`make test` gets every extra"
+
+
+@pytest.mark.parametrize("constraints", ["constraints.txt", "constraints-transformers-4.57.txt"])
+def test_every_dependency_and_extra_is_pinned_for_make_test(constraints):
+    """`make test` installs '.[dev]' with ``-c constraints``: each package pyproject names has its pinned version."""
+    project = _pyproject()
+    named = _names(project["dependencies"]).union(*(_names(r) for r in project["optional-dependencies"].values()))
+    text = (PYPROJECT.parent / constraints).read_text(encoding="utf-8")
+    pinned = {m.group(1).lower() for m in re.finditer(r"^([A-Za-z0-9._-]+)==", text, flags=re.MULTILINE)}
+    assert named - {"attnlrp"} <= pinned, f"not pinned in {constraints}: {sorted(named - {'attnlrp'} - pinned)}"

@@ -3,7 +3,7 @@
 from .core import Audit, ExplainedPass, LedgerReport, LRPContext, Method, UnhandledOperationError, lrp, method_names
 from .errors import ExplainError, MissingExtraError, UnruledOperationWarning
 from .explain import Explainer, explain
-from .explanation import Explanation, Target
+from .explanation import Explanation, Target, explanations_to_pandas
 from .generation import GenerationExplanation, explain_generation
 
 #: the names of the built-in methods (``attnlrp.method_names()`` also lists methods registered later)
@@ -26,6 +26,7 @@ __all__ = [
     "UnruledOperationWarning",
     "explain",
     "explain_generation",
+    "explanations_to_pandas",
     "lrp",
     "method_names",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -17,9 +17,9 @@ from .core import ExplainedPass, MethodSpec, SharedAbsorptionError, get_method
 from .errors import ExplainError
 from .explanation import Explanation
 from .latent.relevance import LatentRecorder
-from .models.adapter import ModelAdapter, Prompt, prepare_prompt
+from .models.adapter import ModelAdapter, Prompt, model_and_tokenizer, prepare_prompt, prepare_prompts
 from .targets import Reading, TargetSpec, target_for
-from .tokens import TokenizedPrompt, from_ids, tokenize
+from .tokens import TokenizedPrompt, from_ids
 
 
 class Explainer:
@@ -28,12 +28,16 @@ class Explainer:
     >>> explainer = Explainer(model, tokenizer)              # AttnLRP by default
     >>> explanation = explainer("Lisbon is the capital of")  # the predicted next token
     >>> explanation.top(3)
+
+    ``model`` may also be a transformers ``pipeline`` (its model and tokenizer are used): ``Explainer(pipe)``.
+    Prompts are text, token ids (a list, a 1-D or ``(1, N)`` tensor) or what ``tokenizer(text,
+    return_tensors="pt")`` returns (padding dropped by its ``attention_mask``).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        tokenizer,
+        tokenizer=None,
         *,
         method: MethodSpec = "attnlrp",
         strict: bool = False,
@@ -41,6 +45,7 @@ class Explainer:
         model_name: str | None = None,
     ) -> None:
         self._method = get_method(method)
+        model, tokenizer = model_and_tokenizer(model, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
         self.method = self._method.name
@@ -84,7 +89,7 @@ class Explainer:
 
     def explain_batch(
         self,
-        prompts: Sequence[Prompt],
+        prompts: Sequence[Prompt] | torch.Tensor | Mapping[str, Any],
         *,
         target: TargetSpec | Sequence[TargetSpec] = None,
         contrast: int | str | None | Sequence[int | str | None] = None,
@@ -92,11 +97,13 @@ class Explainer:
         decoder_prefix: Sequence[Prompt | None] | None = None,
         latents: bool = False,
     ) -> list[Explanation]:
-        """Explain several prompts in one padded forward and backward pass; each row as if alone."""
-        if isinstance(prompts, (str, torch.Tensor)) or not isinstance(prompts, Sequence) or not prompts:
-            raise ExplainError("explain_batch takes a non-empty list of prompts")
-        rows = len(prompts)
-        prepared = [prepare_prompt(self.tokenizer, p, self.add_special_tokens) for p in prompts]
+        """Explain several prompts in one padded forward and backward pass; each row as if alone.
+
+        ``prompts``: a list of prompts (each in any form ``explain`` takes), a ``(B, N)`` tensor of token ids, or
+        a ``BatchEncoding`` / dict of B rows from ``tokenizer(texts, padding=True, return_tensors="pt")`` (each
+        row's padding dropped by its ``attention_mask``)."""
+        prepared = prepare_prompts(self.tokenizer, prompts, self.add_special_tokens)
+        rows = len(prepared)
         segments = [_Segment("input", prepared, "inputs_embeds", "attention_mask")]
         if self.adapter.head == "seq2seq":
             prefixes = _per_row(decoder_prefix, rows, "decoder_prefix")
@@ -136,10 +143,8 @@ class Explainer:
             raise ExplainError(f"{type(self.model).__name__} has no decoder_start_token_id in its config")
         if prefix is None or (isinstance(prefix, str) and prefix == ""):
             body = None
-        elif isinstance(prefix, str):
-            body = tokenize(self.tokenizer, prefix, add_special_tokens=False)
         else:
-            body = from_ids(self.tokenizer, prefix)
+            body = prepare_prompt(self.tokenizer, prefix, False)
         head = from_ids(self.tokenizer, [start])
         head = TokenizedPrompt(head.input_ids, head.tokens, [True], [0], None)
         if body is None:
@@ -257,7 +262,9 @@ def explain(
     strict: bool = False,
     latents: bool = False,
 ) -> Explanation:
-    """Explain one prompt with ``method`` (a name from ``attnlrp.method_names()`` or a ``Method``)."""
+    """Explain one prompt with ``method`` (a name from ``attnlrp.method_names()`` or a ``Method``).
+
+    ``model`` may be a transformers ``pipeline`` with ``tokenizer=None``: ``explain(pipe, None, prompt)``."""
     explainer = Explainer(model, tokenizer, method=method, strict=strict)
     return explainer.explain(prompt, target=target, contrast=contrast, position=position,
                              decoder_prefix=decoder_prefix, latents=latents)

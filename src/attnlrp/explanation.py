@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 
 from .core.ledger import LedgerReport
+from .extras import require
 from .tokens import words
+
+if TYPE_CHECKING:
+    import pandas
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,58 @@ class Target:
             "contrast_token": self.contrast_token,
             "label": self.label,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Target":
+        """The target ``to_dict`` describes."""
+        return cls(kind=data["kind"], position=data.get("position"), token_id=data.get("token_id"),
+                   token=data.get("token"), contrast_id=data.get("contrast_id"),
+                   contrast_token=data.get("contrast_token"), label=data.get("label"))
+
+
+def ledger_from_dict(data: Mapping[str, Any]) -> LedgerReport:
+    """The ``LedgerReport`` that ``LedgerReport.to_dict`` describes (its ``residual`` is computed again)."""
+    return LedgerReport(float(data["input"]), float(data["absorbed"]), float(data["value"]),
+                        {str(k): float(v) for k, v in (data.get("by_site") or {}).items()})
+
+
+class LatentSummary(dict):
+    """What JSON keeps of ``Explanation.latents`` (``LatentRelevance.to_dict()``: the residual stream per layer and
+    token, the top neurons and heads), as ``from_json`` gives it back: a dict, not the tensors."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self)
+
+
+def json_object(text: str | bytes | Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object (a dict passes through), with an error that says what was expected."""
+    data = dict(text) if isinstance(text, Mapping) else json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}.from_json expects a JSON object (from {what}.to_json()), got {type(data).__name__}")
+    return data
+
+
+def explanations_to_pandas(explanations: Iterable[Any], *, key: str = "row") -> "pandas.DataFrame":
+    """Several explanations (``Explanation`` or ``GenerationExplanation``, e.g. from ``explain_batch``) as one
+    DataFrame: each one's ``to_pandas()`` rows, after a ``key`` column ("row") holding its position in the list.
+    Needs pandas (``pip install 'attnlrp[pandas]'``)."""
+    pandas = require("pandas", "pandas")
+    frames = []
+    for row, explanation in enumerate(explanations):
+        frame = explanation.to_pandas()
+        frame.insert(0, key, row)
+        frames.append(frame)
+    if not frames:
+        return pandas.DataFrame({key: pandas.Series(dtype="int64"), **{c: pandas.Series(dtype=t)
+                                 for c, t in _EXPLANATION_COLUMNS.items()}})
+    combined = pandas.concat(frames, ignore_index=True)
+    combined.attrs = {}
+    return combined
+
+
+#: the columns of ``Explanation.to_pandas()`` and their dtypes ("segment" only for encoder-decoders)
+_EXPLANATION_COLUMNS = {"index": "int64", "token": "str", "token_id": "int64", "relevance": "float32",
+                        "special": "bool", "word_id": "int64"}
 
 
 def ranked_tokens(
@@ -141,6 +198,7 @@ class Explanation(HtmlView):
         return {
             **self._token_fields(),
             "relevance": [float(r) for r in self.relevance.tolist()],
+            "word_ids": list(self.word_ids),
             "words": [{"word": w, "relevance": r} for w, r in self.words()],
             "target": self.target.to_dict(),
             "value": self.value,
@@ -155,6 +213,91 @@ class Explanation(HtmlView):
     def to_json(self, **kwargs: Any) -> str:
         kwargs.setdefault("ensure_ascii", False)
         return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Explanation":
+        """The explanation ``to_dict`` describes (derived entries such as ``words`` are computed again)."""
+        tokens = list(data["tokens"])
+        latents = data.get("latents")
+        return cls(
+            tokens=tokens,
+            token_ids=[int(i) for i in data["token_ids"]],
+            relevance=torch.tensor([float(r) for r in data["relevance"]], dtype=torch.float32).reshape(len(tokens)),
+            target=Target.from_dict(data["target"]),
+            value=float(data["value"]),
+            method=data["method"],
+            ledger=ledger_from_dict(data["ledger"]),
+            special=[bool(f) for f in data.get("special", [])],
+            word_ids=[int(w) for w in data.get("word_ids", [])],
+            prompt=data.get("prompt"),
+            model_name=data.get("model"),
+            unhandled=list(data.get("unhandled", [])),
+            covered=list(data.get("covered", [])),
+            segments=list(data.get("segments", [])),
+            latents=None if latents is None else LatentSummary(latents),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Explanation":
+        """Read back ``to_json()``: ``Explanation.from_json(e.to_json()).to_json() == e.to_json()``, with the same
+        tokens, ids and relevance tensor. ``latents`` come back as their JSON summary (a ``LatentSummary``)."""
+        return cls.from_dict(json_object(text, cls.__name__))
+
+    def to_pandas(self) -> "pandas.DataFrame":
+        """One row per token: ``index``, ``token``, ``token_id``, ``relevance``, ``special``, ``word_id`` (and
+        ``segment`` for encoder-decoders). ``attrs`` holds the method, target, value and model. Needs pandas
+        (``pip install 'attnlrp[pandas]'``)."""
+        pandas = require("pandas", "pandas")
+        n = len(self.tokens)
+        columns: dict[str, Any] = {
+            "index": pandas.Series(range(n), dtype="int64"),
+            "token": pandas.Series(list(self.tokens), dtype="str"),
+            "token_id": pandas.Series(list(self.token_ids), dtype="int64"),
+            "relevance": pandas.Series(self.relevance.detach().cpu().float().numpy().copy(), dtype="float32"),
+            "special": pandas.Series(list(self.special) if len(self.special) == n else [False] * n, dtype="bool"),
+            "word_id": pandas.Series(list(self.word_ids) if len(self.word_ids) == n else range(n), dtype="int64"),
+        }
+        if self.segments:
+            columns["segment"] = pandas.Series(list(self.segments), dtype="str")
+        frame = pandas.DataFrame(columns)
+        frame.attrs = {"method": self.method, "target": self.target.describe(), "value": self.value,
+                       "model": self.model_name, "prompt": self.prompt}
+        return frame
+
+    def to_figure(self, *, words: bool = False, include_special: bool = True, title: str | None = None,
+                  **kwargs: Any) -> "Figure":
+        """The text heatmap as a matplotlib ``Figure`` (see ``save_figure``)."""
+        from .render.figure import text_heatmap_figure
+
+        tokens, relevance = self._display_tokens(), self.relevance.tolist()
+        special = list(self.special) if len(self.special) == len(tokens) else [False] * len(tokens)
+        word_ids = list(self.word_ids) if len(self.word_ids) == len(tokens) else None
+        if words:
+            merged = self.words()
+            tokens, relevance = [w for w, _ in merged], [r for _, r in merged]
+            firsts = [i for i in range(len(special)) if word_ids is None or i == 0 or word_ids[i] != word_ids[i - 1]]
+            special = [special[i] for i in firsts] if len(firsts) == len(tokens) else [False] * len(tokens)
+            word_ids = list(range(len(tokens)))
+        if not include_special:
+            keep = [i for i, flag in enumerate(special) if not flag]
+            tokens, relevance = [tokens[i] for i in keep], [relevance[i] for i in keep]
+            word_ids = None if word_ids is None else [word_ids[i] for i in keep]
+            special = [False] * len(keep)
+        return text_heatmap_figure(tokens, relevance, word_ids=word_ids, special=special, title=title,
+                                   gid="word" if words else "token", **kwargs)
+
+    def save_figure(self, path: Any, *, format: str | None = None, dpi: int = 300, **kwargs: Any) -> None:
+        """A paper-ready text heatmap: every token a box coloured by its relevance (blue −, white 0, red +, one
+        scale symmetric around 0), wrapped like running text, with a colour bar. The format follows the suffix
+        (``.pdf`` and ``.svg`` keep the text as text, fonts embedded; ``.png`` at ``dpi``).
+
+        Options: ``words=True`` (one box per word, relevance summed), ``include_special=False`` (leave out BOS and
+        the like, whose large relevance can wash out the rest), ``title``, ``width`` (inches, default 6),
+        ``fontsize`` (points), ``scale`` (the |relevance| of full colour), ``colorbar``. Needs matplotlib
+        (``pip install 'attnlrp[vision]'``)."""
+        from .render.figure import save_figure
+
+        save_figure(self.to_figure(**kwargs), path, format=format, dpi=dpi)
 
     def _details(self) -> dict[str, str]:
         details = {

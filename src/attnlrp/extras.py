@@ -14,9 +14,12 @@ from .errors import MissingExtraError
 
 #: extra -> what it is for (the extras themselves are declared in pyproject.toml)
 EXTRAS = {
-    "eval": "the faithfulness evaluation (captum baselines, scikit-learn's digits, matplotlib curves)",
+    "eval": "the faithfulness evaluation (captum baselines, scikit-learn digits, matplotlib curves, scipy statistics)",
     "vision": "image explanations and figures (matplotlib)",
+    "pandas": "DataFrames of explanations (to_pandas, explanations_to_pandas)",
     "serve": "the local explorer's server",
+    "captum": "the captum integration (attnlrp.integrations.captum)",
+    "inseq": "the inseq integration (attnlrp.integrations.inseq)",
 }
 
 

@@ -20,15 +20,20 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
 
 from .core import ExplainedPass, LedgerReport, Method, MethodSpec, SharedAbsorptionError, get_method
 from .errors import ExplainError
-from .explanation import HtmlView, ranked_tokens
-from .models.adapter import ModelAdapter, Prompt, prepare_prompt
+from .explanation import HtmlView, json_object, ledger_from_dict, ranked_tokens
+from .extras import require
+from .models.adapter import ModelAdapter, Prompt, model_and_tokenizer, prepare_prompt
+
+if TYPE_CHECKING:
+    import pandas
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,101 @@ class GenerationExplanation(HtmlView):
     def to_json(self, **kwargs: Any) -> str:
         kwargs.setdefault("ensure_ascii", False)
         return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GenerationExplanation":
+        """The explanation ``to_dict`` describes (``generated`` and ``answer`` are computed again)."""
+        tokens, values = list(data["tokens"]), [float(v) for v in data["values"]]
+        answer_ledger = data.get("answer_ledger")
+        return cls(
+            tokens=tokens,
+            token_ids=[int(i) for i in data["token_ids"]],
+            prompt_length=int(data["prompt_length"]),
+            matrix=torch.tensor([[float(x) for x in row] for row in data["matrix"]],
+                                dtype=torch.float32).reshape(len(values), len(tokens)),
+            values=values,
+            answer_relevance=torch.tensor([float(x) for x in data["answer_relevance"]],
+                                          dtype=torch.float32).reshape(len(tokens)),
+            answer_value=float(data["answer_value"]),
+            method=data["method"],
+            ledgers=[ledger_from_dict(ledger) for ledger in data.get("ledgers", [])],
+            answer_ledger=None if answer_ledger is None else ledger_from_dict(answer_ledger),
+            special=[bool(f) for f in data.get("special", [])],
+            prompt=data.get("prompt"),
+            model_name=data.get("model"),
+            unhandled=list(data.get("unhandled", [])),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "GenerationExplanation":
+        """Read back ``to_json()``: ``GenerationExplanation.from_json(g.to_json()).to_json() == g.to_json()``, with
+        the same matrix and answer relevance tensors."""
+        return cls.from_dict(json_object(text, cls.__name__))
+
+    def to_pandas(self) -> "pandas.DataFrame":
+        """Long format, one row per (generated token, earlier token): ``generated_index`` (k), ``generated_token``,
+        ``source_index`` (the position of the earlier token in prompt + answer), ``source_token``,
+        ``source_token_id``, ``source_special``, ``relevance`` (``matrix[k, source_index]``). Only the tokens
+        before each generated token are rows (the rest of the matrix is 0 by causality).
+        ``df.pivot(index="generated_index", columns="source_index", values="relevance")`` gives the matrix back.
+        Needs pandas (``pip install 'attnlrp[pandas]'``)."""
+        pandas = require("pandas", "pandas")
+        n = len(self.tokens)
+        special = list(self.special) if len(self.special) == n else [False] * n
+        generated, sources = [], []
+        for k in range(len(self)):
+            for j in range(self.position(k)):
+                generated.append(k)
+                sources.append(j)
+        matrix = self.matrix.detach().cpu().float().numpy()
+        frame = pandas.DataFrame({
+            "generated_index": pandas.Series(generated, dtype="int64"),
+            "generated_token": pandas.Series([self.generated[k] for k in generated], dtype="str"),
+            "source_index": pandas.Series(sources, dtype="int64"),
+            "source_token": pandas.Series([self.tokens[j] for j in sources], dtype="str"),
+            "source_token_id": pandas.Series([self.token_ids[j] for j in sources], dtype="int64"),
+            "source_special": pandas.Series([special[j] for j in sources], dtype="bool"),
+            "relevance": pandas.Series(matrix[generated, sources] if generated else [], dtype="float32"),
+        })
+        frame.attrs = {"method": self.method, "prompt_length": self.prompt_length, "answer": self.answer,
+                       "model": self.model_name, "prompt": self.prompt}
+        return frame
+
+    def to_figure(self, *, row: int | str | None = None, include_special: bool = True, title: str | None = None,
+                  **kwargs: Any) -> "Figure":
+        """The generation matrix (``row=None``) or one row as a text heatmap as a matplotlib ``Figure`` (see
+        ``save_figure``)."""
+        from .render.figure import generation_figure, text_heatmap_figure
+
+        if row is None:
+            return generation_figure(self.tokens, self.matrix.tolist(), self.prompt_length, title=title, **kwargs)
+        if row == "answer":
+            end, relevance = len(self.tokens) - 1, self.answer_relevance.tolist()
+        elif isinstance(row, int) and not isinstance(row, bool) and -len(self) <= row < len(self):
+            end = self.position(row % len(self))
+            relevance = self.matrix[row].tolist()
+        else:
+            raise ValueError(f"row must be None (the matrix), 'answer' or a generated token's index "
+                             f"(0..{len(self) - 1}), got {row!r}")
+        special = list(self.special) if len(self.special) == len(self.tokens) else [False] * len(self.tokens)
+        keep = [i for i in range(end) if include_special or not special[i]]
+        return text_heatmap_figure([self.tokens[i] for i in keep], [relevance[i] for i in keep],
+                                   special=[special[i] for i in keep], title=title, **kwargs)
+
+    def save_figure(self, path: Any, *, format: str | None = None, dpi: int = 300, **kwargs: Any) -> None:
+        """A paper-ready figure of the generation matrix: generated tokens (rows) against prompt + answer
+        (columns), coloured by relevance (blue −, white 0, red +, symmetric scale) with a colour bar; cells that
+        are not inputs of their row are grey. The format follows the suffix (``.pdf``/``.svg`` keep text as text,
+        ``.png`` at ``dpi``).
+
+        Options: ``row="answer"`` or ``row=k`` draw the whole answer's or generated token k's relevance as a
+        text heatmap instead (with ``include_special``, ``width`` and the other options of
+        ``Explanation.save_figure``); for the matrix ``normalize_rows=True`` scales each row to its largest
+        |relevance|, and ``title``, ``fontsize``, ``scale``. Needs matplotlib (``pip install 'attnlrp[vision]'``).
+        """
+        from .render.figure import save_figure
+
+        save_figure(self.to_figure(**kwargs), path, format=format, dpi=dpi)
 
     def _details(self) -> dict[str, str]:
         details = {"method": self.method, "generated tokens": str(len(self))}
@@ -234,8 +334,11 @@ def explain_generation(
     ``row_batch``: generated tokens explained per forward + backward pass: 1 shares one forward among all rows
     (best on a CPU), B > 1 repeats the sequence B times in a batch (best on a GPU), ``"auto"`` picks per device.
     The relevance is the same either way.
+    ``model`` may be a transformers ``pipeline`` with ``tokenizer=None``; ``prompt`` is text, token ids or a
+    one-row ``BatchEncoding`` (as for ``explain``).
     """
     method = get_method(method)
+    model, tokenizer = model_and_tokenizer(model, tokenizer)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ExplainError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if row_batch != "auto":
@@ -244,7 +347,8 @@ def explain_generation(
     embedding = adapter.input_embedding()
     if adapter.head != "causal-lm" or not hasattr(model, "generate"):
         raise ExplainError(f"{type(model).__name__}: generation attribution needs a causal language model")
-    prepared = prepare_prompt(tokenizer, prompt, add_special_tokens)
+    prepared = prepare_prompt(tokenizer, prompt, add_special_tokens,
+                              several="explain_generation explains one prompt: call it once per prompt")
     adapter.check_length(len(prepared), tokenizer, extra=max_new_tokens)
     device = adapter.device
     prompt_ids = torch.tensor([prepared.input_ids], dtype=torch.long, device=device)

@@ -58,8 +58,13 @@ def tokenize(tokenizer, text: str, *, add_special_tokens: bool = True) -> Tokeni
     return TokenizedPrompt(ids, tokens, special, _number_words(raw_word_ids, tokens, special), text)
 
 
-def from_ids(tokenizer, ids: Sequence[int] | torch.Tensor) -> TokenizedPrompt:
-    """Tokens of a prompt given as ids (no text to take offsets from): each id decoded on its own."""
+def from_ids(
+    tokenizer, ids: Sequence[int] | torch.Tensor, *, word_ids: Sequence[int | None] | None = None
+) -> TokenizedPrompt:
+    """Tokens of a prompt given as ids (no text to take offsets from): each id decoded on its own.
+
+    ``word_ids``: the tokenizer's word index per token where it is known (``BatchEncoding.word_ids()``), else
+    words start at whitespace."""
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1:
             raise ExplainError(f"token ids must be one sequence (1-D), got shape {tuple(ids.shape)}")
@@ -74,7 +79,8 @@ def from_ids(tokenizer, ids: Sequence[int] | torch.Tensor) -> TokenizedPrompt:
     special_ids = set(tokenizer.all_special_ids)
     tokens = [tokenizer.decode([i]) for i in ids]
     special = [i in special_ids for i in ids]
-    return TokenizedPrompt(ids, tokens, special, _number_words([None] * len(ids), tokens, special), None)
+    raw = list(word_ids) if word_ids is not None and len(word_ids) == len(ids) else [None] * len(ids)
+    return TokenizedPrompt(ids, tokens, special, _number_words(raw, tokens, special), None)
 
 
 def _number_words(raw: Sequence[int | None], tokens: Sequence[str], special: Sequence[bool]) -> list[int]:

@@ -1,5 +1,5 @@
-"""The evaluation's optional dependencies (the ``eval`` extra): captum, scikit-learn and matplotlib are imported
-where they are used, so the evaluation imports without them and a missing one names the extra to install."""
+"""The evaluation's optional dependencies (the ``eval`` extra): captum, scikit-learn, matplotlib and scipy are
+imported where they are used, so the evaluation imports without them and a missing one names the extra to install."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from attnlrp.errors import MissingExtraError
 from attnlrp.evaluation import Attributor, text_instance
+from attnlrp.evaluation import stats
 from attnlrp.evaluation import vision_task as vt
 from attnlrp.evaluation.report import plot_curves
 
@@ -22,8 +23,8 @@ def _without(monkeypatch, *names: str) -> None:
         monkeypatch.setitem(sys.modules, name, None)  # what an uninstalled package looks like to import
 
 
-def test_the_evaluation_imports_without_captum_scikit_learn_and_matplotlib():
-    blocked = ("captum", "sklearn", "matplotlib")
+def test_the_evaluation_imports_without_captum_scikit_learn_matplotlib_and_scipy():
+    blocked = ("captum", "sklearn", "matplotlib", "scipy")
     code = (
         f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
         "import attnlrp.evaluation, attnlrp.evaluation.tasks, attnlrp.evaluation.report\n"
@@ -61,3 +62,14 @@ def test_curves_without_matplotlib_name_the_eval_extra(monkeypatch, tmp_path):
     with pytest.raises(MissingExtraError, match=r"matplotlib.*pip install 'attnlrp\[eval\]'"):
         plot_curves({}, tmp_path / "curves.png")
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_t_intervals_without_scipy_name_the_eval_extra(monkeypatch):
+    _without(monkeypatch, "scipy", "scipy.stats")
+    stats.t_quantile.cache_clear()  # a quantile computed earlier must not hide the missing scipy
+    try:
+        for call in (lambda: stats.t_quantile(0.975, 9), lambda: stats.mean_interval([1.0, 2.0, 4.0])):
+            with pytest.raises(MissingExtraError, match=r"scipy.*pip install 'attnlrp\[eval\]'"):
+                call()
+    finally:
+        stats.t_quantile.cache_clear()

@@ -27,21 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; a user error is one ``error: …`` line on standard error and exit status 2, Ctrl-C 130."""
+    """Run one command; a user error is one ``error: …`` line on standard error and exit status 2, a model whose
+    own forward fails one such line and exit status 1 (:mod:`attnlrp.cli.failures`), Ctrl-C 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # what a command records as the command line that made its results
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the command's own output is the point; no loading bars
-    from ..core import UnhandledOperationError
-    from ..errors import ExplainError
-    from ..models import ModelLoadError
+    from .failures import ModelForwardError, user_errors
 
     try:
         return args.run(args)
-    except (ExplainError, ModelLoadError, UnhandledOperationError, OSError) as error:
+    except user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ModelForwardError as error:  # the model is broken, not the explanation: one line, exit status 1
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -64,8 +64,15 @@ def add_color(parser: argparse.ArgumentParser) -> None:
 
 
 def read_prompt(args: argparse.Namespace) -> str:
-    """The prompt, from standard input when it is ``-``."""
-    return sys.stdin.read() if args.prompt == "-" else args.prompt
+    """The prompt, from standard input when it is ``-``, without the one final newline that ``echo`` and editors
+    add (``"text\\n"`` is explained as ``"text"``; any other whitespace is kept)."""
+    if args.prompt != "-":
+        return args.prompt
+    text = sys.stdin.read()
+    for ending in ("\r\n", "\n"):
+        if text.endswith(ending):
+            return text[: -len(ending)]
+    return text
 
 
 def use_color(args: argparse.Namespace) -> bool:

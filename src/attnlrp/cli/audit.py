@@ -10,6 +10,7 @@ from typing import Any
 
 from ..core import method_names
 from .args import add_attn, add_device, add_dtype, add_json, add_loading_permissions, load_model
+from .failures import Inputs, image_inputs, model_must_run, text_inputs
 
 AUDIT_PROMPT = "The quick brown fox jumps over the lazy dog because it"
 
@@ -32,21 +33,37 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def _is_image_model(loaded: Any) -> bool:
+    return type(loaded.model).__name__.endswith("ForImageClassification")
+
+
+def _sample_image(loaded: Any) -> Any:
+    """A sample image of seeded noise in the model's size and dtype: the audit needs no real picture."""
+    import torch
+
+    config = loaded.model.config
+    size = getattr(config, "image_size", 224)
+    height, width = (size, size) if isinstance(size, int) else size
+    generator = torch.Generator().manual_seed(0)
+    dtype = next(loaded.model.parameters()).dtype
+    return torch.randn(int(getattr(config, "num_channels", 3)), height, width, generator=generator).to(dtype)
+
+
+def _sample_inputs(loaded: Any, args: argparse.Namespace) -> Inputs:
+    """The audited pass's sample input, for the model's plain forward (:mod:`attnlrp.cli.failures`)."""
+    if _is_image_model(loaded):
+        return image_inputs(loaded.model, _sample_image(loaded))
+    return text_inputs(loaded.model, loaded.tokenizer, args.prompt)
+
+
 def _audit_explanation(loaded: Any, args: argparse.Namespace) -> Any:
     """One explained pass on a sample input; any output will do for an audit."""
     from ..explain import Explainer
 
-    if type(loaded.model).__name__.endswith("ForImageClassification"):
-        import torch
-
+    if _is_image_model(loaded):
         from ..vision import ImageExplainer
 
-        explainer = ImageExplainer(loaded.model, method=args.method)
-        size = getattr(loaded.model.config, "image_size", 224)
-        height, width = (size, size) if isinstance(size, int) else size
-        generator = torch.Generator().manual_seed(0)  # a sample image of noise: the audit needs no real picture
-        dtype = next(loaded.model.parameters()).dtype
-        return explainer(torch.randn(explainer.channels, height, width, generator=generator).to(dtype))
+        return ImageExplainer(loaded.model, method=args.method)(_sample_image(loaded))
     explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, model_name=loaded.source)
     # a masked LM need not contain a mask token; a model without a head explains its first output's first row
     position = -1 if explainer.head_kind in ("causal-lm", "masked-lm", "seq2seq") else None
@@ -59,16 +76,22 @@ def _audit_explanation(loaded: Any, args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UnruledOperationWarning
 
+    from ..core.localise import BlockBalances
+
     loaded = load_model(args)
-    with warnings.catch_warnings():
+    with model_must_run(lambda: loaded.model, _sample_inputs(loaded, args)), warnings.catch_warnings(), \
+            BlockBalances(loaded.model) as balances:
         warnings.simplefilter("ignore", UnruledOperationWarning)  # the report below lists those operations
         explanation = _audit_explanation(loaded, args)
     ledger = explanation.ledger
     ok = not explanation.unhandled and ledger.balanced()
+    leak = None if ledger.balanced() else balances.first_leak()
     if args.json:
         print(json.dumps({
             "model": loaded.source, "method": args.method, "covered": explanation.covered,
             "unhandled": explanation.unhandled, "ledger": ledger.to_dict(), "balanced": ledger.balanced(),
+            "leak": None if leak is None else leak.to_dict(),
+            "blocks": [b.to_dict() for b in balances.balances if b.complete],
         }, ensure_ascii=False))
         return 0 if ok else 1
     print(f"model: {loaded.source}\nmethod: {args.method}\n\ncovered operations:")
@@ -83,4 +106,18 @@ def run(args: argparse.Namespace) -> int:
           f"(residual {ledger.residual:+.2e}, {'balanced' if ledger.balanced() else 'NOT balanced'})")
     for site, amount in sorted(ledger.by_site.items()):
         print(f"  absorbed by {site}: {amount:+.6f}")
+    if not ledger.balanced():
+        print(_where(leak, balances))
     return 0 if ok else 1
+
+
+def _where(leak: Any, balances: Any) -> str:
+    """Where relevance first stops adding up on its way back from the output, block by block."""
+    if leak is None:
+        watched = sum(b.complete for b in balances.balances)
+        if not watched:
+            return "\nwhere: no transformer layer could be watched block by block for this model"
+        return (f"\nwhere: every one of the {watched} watched blocks (layers and their children) conserves; the "
+                "leak is outside them (embeddings, final norm or head)")
+    return (f"\nwhere: relevance first stops adding up in {leak.name}: output {leak.output:+.6f} = input "
+            f"{leak.input:+.6f} + absorbed {leak.absorbed:+.6f} misses by {leak.leak:+.2e}")

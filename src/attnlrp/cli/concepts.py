@@ -13,8 +13,9 @@ import time
 from typing import Any
 
 from ..core import method_names
-from .args import (MODEL_HELP, add_color, add_dtype, add_html, add_json, add_loading_permissions, add_model,
-                   load_model, use_color)
+from .args import (MODEL_HELP, add_color, add_device, add_dtype, add_html, add_json, add_loading_permissions,
+                   add_model, load_model, use_color)
+from .failures import Inputs, model_must_run, text_inputs
 
 
 def register(subparsers: Any) -> None:
@@ -30,7 +31,9 @@ def register(subparsers: Any) -> None:
     build = commands.add_parser(
         "build", help="build or resume an atlas",
         description="Build the atlas, or resume an interrupted build (same command again): chunks are committed "
-        "atomically, so Ctrl-C or a kill loses at most the current chunk.",
+        "atomically, so Ctrl-C or a kill loses at most the current chunk. Under torchrun (torchrun "
+        "--nproc_per_node N -m attnlrp.cli concepts build …) the chunks are shared among the processes and process "
+        "0 writes the one atlas, the same one a single process builds (docs/distributed.md).",
     )
     add_model(build, help=f"{MODEL_HELP}; also names the default --db")
     build.add_argument("--corpus", default=None, metavar="FILE",
@@ -49,6 +52,7 @@ def register(subparsers: Any) -> None:
     build.add_argument("--method", default="attnlrp", choices=method_names(has_unit_relevance=True),
                        help="relevance for RelMax (default: attnlrp)")
     add_dtype(build)
+    add_device(build)
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_loading_permissions(build)
     build.set_defaults(run=_build)
@@ -82,28 +86,49 @@ def _layers(value: str | None) -> list[int] | str | None:
 
 def _build(args: argparse.Namespace) -> int:
     from ..concepts import build_atlas, default_db_path
+    from ..distributed import distributed
 
     layers = _layers(args.layers)
     db = args.db or default_db_path(args.model)
-    loaded = load_model(args)
-    started = time.perf_counter()
-    try:
-        atlas = build_atlas(
-            loaded.model, loaded.tokenizer, args.corpus, db, layers=layers, top_k=args.top_k, window=args.window,
-            batch_size=args.batch_size, chunk_size=args.chunk_size, limit=args.limit, method=args.method,
-            model_name=loaded.source.split(" (")[0], progress=not args.no_progress,  # no cache path
-        )
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the committed chunks are kept in {db}; run the same command to resume",
-              file=sys.stderr)
-        return 130
+    with distributed() as (rank, world):  # before the model is loaded: under NCCL it picks this process's GPU
+        loaded = load_model(args)
+        started = time.perf_counter()
+        try:
+            with model_must_run(lambda: loaded.model, _first_window(loaded, args)):
+                atlas = build_atlas(
+                    loaded.model, loaded.tokenizer, args.corpus, db, layers=layers, top_k=args.top_k,
+                    window=args.window, batch_size=args.batch_size, chunk_size=args.chunk_size, limit=args.limit,
+                    method=args.method, model_name=loaded.source.split(" (")[0], progress=not args.no_progress,
+                )  # model_name: the source without its cache path
+        except KeyboardInterrupt:
+            if rank == 0:
+                print(f"\ninterrupted: the committed chunks are kept in {db}; run the same command to resume",
+                      file=sys.stderr)
+            return 130
+    if atlas is None:  # processes other than 0 of a torchrun build: process 0 wrote the atlas and reports it
+        return 0
     with atlas:
         info = atlas.describe()
     state = "complete" if info["windows_done"] >= info["windows_total"] else "partial"
+    processes = f" by {world} processes" if world > 1 else ""
     print(f"atlas: {info['path']} ({state}: {info['windows_done']} of {info['windows_total']} windows; layers "
           f"{', '.join(map(str, info['layers']))}; {info['neurons']} neurons each; top {info['top_k']}) "
-          f"in {time.perf_counter() - started:.1f} s")
+          f"in {time.perf_counter() - started:.1f} s{processes}")
     return 0
+
+
+def _first_window(loaded: Any, args: argparse.Namespace) -> Inputs:
+    """The corpus's first window (of its first document only, to stay cheap), for the model's plain forward."""
+
+    def build() -> Any:
+        from ..concepts.corpus import Corpus, load_corpus, make_windows
+
+        corpus = load_corpus(args.corpus)
+        first = tuple(doc for doc in corpus.documents if doc.strip())[:1]
+        window = make_windows(loaded.tokenizer, Corpus(first, corpus.description), args.window)[0]
+        return text_inputs(loaded.model, loaded.tokenizer, list(window.token_ids))()
+
+    return build
 
 
 def _show(args: argparse.Namespace) -> int:

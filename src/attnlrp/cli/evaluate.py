@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
+
+from .failures import Inputs, model_must_run, text_inputs
 
 def register(commands: Any) -> None:
     from ..evaluation.tasks import TASK_NAMES
@@ -41,16 +45,24 @@ def register(commands: Any) -> None:
                         "kernel-shap.samples=128 (repeatable)")
     parser.add_argument("--records", default=None, metavar="FILE.jsonl",
                         help="also write every (sample, method) record, one JSON object per line after a header "
-                        "line with the run's command and versions: the raw data the tables are computed from")
+                        "line with the run's command and versions: the raw data the tables are computed from; "
+                        "an existing file is refused unless --force")
+    parser.add_argument("--force", action="store_true",
+                        help="let --records replace an existing file (never one the run reads); it is replaced "
+                        "only once the new records are written in full")
     parser.add_argument("--merge", nargs="+", default=None, metavar="FILE.jsonl",
                         help="run nothing: summarise records written by earlier runs (--records), e.g. one run "
                         "per task, into one set of results")
     parser.add_argument("--output-dir", default=None,
-                        help="write results.json, results.md, run.json and curves PNGs there")
+                        help="write results.json, results.md, run.json and curves PNGs there (each replaced "
+                        "only once written in full)")
     parser.add_argument("--json", action="store_true",
                         help="print the results as JSON: method → result for one task and perturbation, "
                         "else task:perturbation → method → result")
     parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    parser.add_argument("--device", default=None,
+                        help="the text model's device: cpu (default), cuda, cuda:N or mps; under torchrun, cuda is "
+                        "each process's own GPU (that of its LOCAL_RANK)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on standard error")
     parser.set_defaults(run=run)
 
@@ -105,12 +117,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import ExplainError
     from ..evaluation import data, runner, tasks as evaluation_tasks
-    from ..evaluation.distributed import distributed, gather, shard
+    from ..distributed import distributed, gather, shard
     from ..evaluation.records import write_records
     from ..evaluation.report import run_info
     from ..evaluation.summary import mean_curves, summarise
     from ..models import load_model
 
+    _check_outputs(args)
     if args.merge:
         return _merge(args)
     names = _tasks(args)
@@ -123,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
         raise ExplainError("--perturbation none measures plausibility only, which only the qa task has; give "
                            "replace and/or zero for the other tasks")
     settings = evaluation_tasks.Settings(
-        evaluation_tasks.LanguageModel(lambda: load_model(args.model, dtype=args.dtype)), modes=modes,
-        steps=args.steps, batch_size=args.batch_size, options=parse_options(args.option),
+        evaluation_tasks.LanguageModel(lambda: load_model(args.model, dtype=args.dtype, device=args.device)),
+        modes=modes, steps=args.steps, batch_size=args.batch_size, options=parse_options(args.option),
     )
     tasks = [evaluation_tasks.TextTask.from_jsonl(args.data, settings)] if args.data else []
     tasks += [evaluation_tasks.build_task(name, settings) for name in names]
@@ -144,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
             for task, items in jobs:
                 chosen = evaluation_tasks.applicable(task, methods)
                 if chosen:
-                    records += task.evaluate(shard(items, rank, world), chosen, bar.update)
+                    mine = shard(items, rank, world)
+                    with model_must_run(lambda: _text_model(task), _sample_inputs(task, mine)):
+                        records += task.evaluate(mine, chosen, bar.update)
                     extra.update(task.run_info())
         finally:
             bar.close()
@@ -161,6 +176,87 @@ def run(args: argparse.Namespace) -> int:
     if args.records:
         write_records(records, args.records, info=info)
     return _report(args, summarise(records), mean_curves(records), info)
+
+
+def _text_model(task: Any) -> Any:
+    """The user's model a text task runs on, for :func:`model_must_run`; ``None`` for the built-in digits ViT,
+    which is attnlrp's own: its failure is never the user's model."""
+    from ..evaluation.tasks import TextTask
+
+    return task.settings.language.get().model if isinstance(task, TextTask) else None
+
+
+def _sample_inputs(task: Any, samples: list[Any]) -> Iterator[Inputs]:
+    """The plain forward's input for each of ``samples`` of a text task, in order (built only when needed)."""
+    loaded = task.settings.language.get()
+    for sample in samples:
+        yield text_inputs(loaded.model, loaded.tokenizer, list(sample.input_ids))
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every path the run writes, checked before any work, so that no mistake in them is found only after the
+    run (its results then lost): ``--records`` a file, not an input, kept unless ``--force``; ``--output-dir`` a
+    folder whose result files are neither folders nor inputs; each in a folder that exists or can be made."""
+    from ..errors import ExplainError, MissingExtraError
+    from ..evaluation.report import RESULT_FILES
+    from ..extras import require
+
+    given = [("--data", args.data), ("--model", args.model)] + [("--merge", path) for path in args.merge or []]
+    inputs = [(flag, path) for flag, path in given if path and os.path.exists(path)]  # files the run reads
+    if args.records and not args.merge:  # --merge writes no records
+        records = Path(args.records)
+        if args.records.endswith(("/", os.sep)) or records.is_dir():
+            raise ExplainError(f"--records {args.records} is a folder; give a file name, e.g. "
+                               f"{records / 'records.jsonl'}")
+        _not_an_input(records, "--records", inputs)
+        if records.exists() and not args.force:
+            raise ExplainError(f"--records {args.records} exists; pass --force to replace it (the old file is "
+                               "kept until the new records are written in full) or give another file name")
+        _creatable(records.parent, f"--records {args.records}")
+    if args.output_dir:
+        out = Path(args.output_dir)
+        if out.exists() and not out.is_dir():
+            raise ExplainError(f"--output-dir {args.output_dir} is a file; give a folder (it gets "
+                               f"{', '.join(RESULT_FILES)})")
+        _creatable(out, f"--output-dir {args.output_dir}")
+        for name in RESULT_FILES:
+            if (out / name).is_dir():
+                raise ExplainError(f"--output-dir {args.output_dir}: {out / name} is a folder, where the results "
+                                   f"write the file {name}; remove it or choose another --output-dir")
+            _not_an_input(out / name, f"--output-dir {args.output_dir} (its {name})", inputs)
+            if args.records and not args.merge and Path(args.records).resolve() == (out / name).resolve():
+                raise ExplainError(f"--records {args.records} is the {name} that --output-dir writes; give "
+                                   "another file name")
+        try:
+            require("matplotlib", "eval")  # the curves: found missing only after the run, they would lose it
+        except MissingExtraError as error:
+            raise ExplainError(f"--output-dir: {error}") from None
+
+
+def _not_an_input(path: Path, what: str, inputs: list[tuple[str, str]]) -> None:
+    """Refuse an output that is one of the run's inputs (the same file, by any name or link)."""
+    from ..errors import ExplainError
+
+    if not path.exists():
+        return
+    for flag, given in inputs:
+        if os.path.samefile(path, given):
+            raise ExplainError(f"{what} is the input {flag} {given}; the run would overwrite what it reads: give "
+                               "another file name")
+
+
+def _creatable(folder: Path, what: str) -> None:
+    """``folder`` exists, or can be made, and can be written in: its nearest existing ancestor is a folder that
+    the user may write in (the results are written there as temporary files that then replace the old ones)."""
+    from ..errors import ExplainError
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ExplainError(f"{what}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ExplainError(f"{what}: no permission to write in the folder {existing}")
 
 
 def _merge(args: argparse.Namespace) -> int:

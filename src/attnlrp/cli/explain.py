@@ -9,6 +9,7 @@ from typing import Any
 from ..core import method_names
 from .args import (add_attn, add_color, add_device, add_dtype, add_html, add_json, add_loading_permissions, add_model,
                    add_prompt, load_model, read_prompt, use_color)
+from .failures import model_must_run, text_inputs
 from .output import report_unruled_operations
 
 
@@ -60,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if args.generate is not None:
         return _explain_generation(args, prompt, loaded)
     explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, strict=args.strict, model_name=loaded.source)
-    explanation = report_unruled_operations(lambda: explainer.explain(
-        prompt, target=_token_arg(args.target), contrast=_token_arg(args.contrast), position=args.position
-    ))
+    with model_must_run(lambda: loaded.model, text_inputs(loaded.model, loaded.tokenizer, prompt)):
+        explanation = report_unruled_operations(lambda: explainer.explain(
+            prompt, target=_token_arg(args.target), contrast=_token_arg(args.contrast), position=args.position
+        ))
     return _emit(args, explanation, top_k=args.top, html_label="HTML heatmap")
 
 
@@ -105,8 +107,9 @@ def _explain_generation(args: argparse.Namespace, prompt: str, loaded: Any) -> i
         raise ExplainError(f"{', '.join(given)} cannot be combined with --generate (it explains every generated token)")
     if args.generate < 1:
         raise ExplainError(f"--generate takes a positive number of tokens, got {args.generate}")
-    explanation = report_unruled_operations(lambda: explain_generation(
-        loaded.model, loaded.tokenizer, prompt, max_new_tokens=args.generate, method=args.method,
-        strict=args.strict, model_name=loaded.source, row_batch=args.row_batch,
-    ))
+    with model_must_run(lambda: loaded.model, text_inputs(loaded.model, loaded.tokenizer, prompt)):
+        explanation = report_unruled_operations(lambda: explain_generation(
+            loaded.model, loaded.tokenizer, prompt, max_new_tokens=args.generate, method=args.method,
+            strict=args.strict, model_name=loaded.source, row_batch=args.row_batch,
+        ))
     return _emit(args, explanation, top_k=3, html_label="HTML view")

@@ -9,6 +9,7 @@ from typing import Any
 from ..core import method_names
 from ..errors import ExplainError
 from .args import add_html, add_json, add_model_arguments, add_prompt, load_model, read_prompt
+from .failures import model_must_run, text_inputs
 from .output import report_unruled_operations
 
 NEURON_METHODS = method_names(has_unit_relevance=True)
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if explainer.head_kind != "causal-lm":
         raise ExplainError(f"{type(loaded.model).__name__} is not a causal language model; `attnlrp neurons` "
                            "explains a predicted next token")
-    explanation = report_unruled_operations(lambda: explainer.explain(prompt, latents=True))
+    with model_must_run(lambda: loaded.model, text_inputs(loaded.model, loaded.tokenizer, prompt)):
+        explanation = report_unruled_operations(lambda: explainer.explain(prompt, latents=True))
     latents = explanation.latents
     scores = latents.top_neurons(args.top, layer=args.layer, order="positive")
     if args.html:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from .args import add_color, add_json, add_model_arguments, add_prompt, load_model, read_prompt, use_color
+from .failures import model_must_run, text_inputs
 
 
 def register(subparsers: Any) -> None:
@@ -45,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     set_to = _mapping([parse_neuron_value(text) for text in args.set_to], "--set")
     prompt = read_prompt(args)
     loaded = load_model(args)
-    steering = steer(loaded.model, off=off, scale=scale, set=set_to)
-    result = compare(loaded.model, loaded.tokenizer, prompt, steering, max_new_tokens=args.generate)
+    with model_must_run(lambda: loaded.model, text_inputs(loaded.model, loaded.tokenizer, prompt)):
+        steering = steer(loaded.model, off=off, scale=scale, set=set_to)
+        result = compare(loaded.model, loaded.tokenizer, prompt, steering, max_new_tokens=args.generate)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0

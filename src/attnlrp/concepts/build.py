@@ -13,6 +13,17 @@ that carries the prediction from several tokens. The most relevant token is reco
 Work is done in chunks of ``chunk_size`` windows (a multiple of ``batch_size``, aligned to window 0); each
 chunk's top-k changes and its "done" marker are committed together (see :mod:`attnlrp.concepts.store`), so an
 interrupted build resumes at the first uncommitted chunk and ends with the atlas an uninterrupted build gives.
+
+**Several processes** (``torchrun … -m attnlrp.cli concepts build …``, or any caller inside an initialised
+``torch.distributed`` process group): the chunks still to do are dealt out in rounds, chunk ``j`` of a round to
+process ``j``; each process ranks its chunk's windows on its own (a top-k per neuron, with the per-token values)
+and sends process 0 only the entries that beat the atlas's current k-th score (no other can enter it). Process 0
+is the only one that opens the SQLite file: it merges the chunks in chunk order and commits each one as a
+one-process build would, then sends every process the new k-th scores. The atlas is therefore the one a single
+process builds, row for row (the merge order is total: score, then window), it resumes the same way with any
+number of processes, and only process 0's machine needs the file. Before any work, process 0 checks that every
+process has the same settings (model fingerprint, corpus windows, layers, k, method, batch and chunk size, …);
+the number of processes changes no result, so it is not part of the atlas's settings.
 """
 
 from __future__ import annotations
@@ -31,13 +42,14 @@ import torch
 from torch import nn
 
 from ..core import method_names
+from ..distributed import broadcast, current, gather_to_root
 from ..explain import Explainer
 from .atlas import Atlas
 from .corpus import CorpusSpec, Window, load_corpus, make_windows, prefix_ids, windows_sha256
 from .errors import AtlasError
-from .store import (FORMAT, KINDS, SCHEMA_VERSION, chunks_done, commit_chunk, default_db_path, finish, load_state,
-                    open_for_build, values_blob, windows_done)
-from .topk import TopK, changes
+from .store import (FORMAT, IDENTITY_KEYS, KINDS, SCHEMA_VERSION, chunks_done, commit_chunk, default_db_path, finish,
+                    load_state, open_for_build, values_blob, windows_done)
+from .topk import TopK, changes, entry_rows
 
 # relevance = activation × modified gradient; the plain "gradient" method has no per-unit relevance to rank by
 RELMAX_METHODS = method_names(has_unit_relevance=True)
@@ -144,7 +156,7 @@ def build_atlas(
     model_name: str | None = None,
     progress: bool = True,
     on_chunk: Callable[[ChunkDone], None] | None = None,
-) -> Atlas:
+) -> Atlas | None:
     """Build (or resume) the concept atlas of ``model`` over ``corpus`` and return it opened.
 
     ``corpus``: ``None`` (CPython's ``pydoc_data.topics``), a text file path, or a list of strings.
@@ -153,8 +165,13 @@ def build_atlas(
     ``"all"``, or ``None`` for :func:`default_layers`. ``window``: text tokens per window. ``limit``: stop after
     the first ``limit`` windows (a later call with a larger limit, or none, carries on). ``method``: the
     relevance for RelMax. An existing file built with other settings is an :class:`AtlasMismatchError`.
+
+    Called by every process of an initialised ``torch.distributed`` process group (as ``torchrun`` starts them),
+    with the same arguments, it shares the chunks out among them (module docstring): process 0 writes the file and
+    returns the atlas, the others return ``None``; ``on_chunk`` and the progress bar run on process 0.
     """
     _check_arguments(top_k, batch_size, chunk_size, limit, method)
+    rank, world = current()
     explainer = Explainer(model, tokenizer, method=method, model_name=model_name)
     if explainer.head_kind != "causal-lm":
         raise AtlasError("a concept atlas ranks by the next-token prediction: it needs a causal language model "
@@ -182,15 +199,20 @@ def build_atlas(
         "chunk_size": chunk_size, "created": time.time(), **_versions(),
     }
     path = Path(db_path).expanduser() if db_path is not None else default_db_path(str(name))
+    target = len(windows) if limit is None else min(limit, len(windows))
+    builder = _Builder(explainer, chosen, neurons, top_k, tokens, windows, batch_size, rank, world)
+    if world > 1:  # every process: the same model, corpus and options as process 0's, or none starts
+        same = {key: meta[key] for key in IDENTITY_KEYS} | {"chunk_size": chunk_size, "windows_target": target}
+        identities = gather_to_root(same, rank, world) or []
+        _on_root(rank, world, lambda: _check_processes(identities))
+    if rank != 0:
+        _, start = _on_root(rank, world, lambda: (None, None))
+        builder.follow(start, target, chunk_size)
+        return None
     try:
-        conn, run = open_for_build(path, meta)
+        (conn, run), start = _on_root(rank, world, lambda: builder.open(path, meta, target), path)
         try:
-            done = windows_done(conn)
-            target = len(windows) if limit is None else min(limit, len(windows))
-            if done < target:
-                builder = _Builder(explainer, chosen, neurons, top_k, tokens, windows)
-                builder.load(conn)
-                builder.run(conn, run, done, target, batch_size, chunk_size, progress, on_chunk)
+            builder.lead(conn, run, start, target, chunk_size, progress, on_chunk, path)
         finally:
             finish(conn)
     except sqlite3.Error as e:  # locked by another writer for 30 s, disk full, …
@@ -198,44 +220,71 @@ def build_atlas(
     return Atlas.open(path)
 
 
+def _check_processes(identities: list[dict]) -> tuple[None, None]:
+    """On process 0: every process was given the same settings, model and corpus as process 0."""
+    first = identities[0]
+    for rank, other in enumerate(identities[1:], start=1):
+        differ = [key for key in first if other.get(key) != first.get(key)]
+        if differ:
+            raise AtlasError(f"process {rank} of {len(identities)} was started with other settings than process 0 "
+                             f"({', '.join(differ)} differ); start every process with the same model, corpus and "
+                             "options")
+    return None, None
+
+
+def _on_root(rank: int, world: int, work: Callable[[], tuple[object, object]], path: Path | None = None):
+    """``work()`` on process 0, which returns what it keeps and what every process is told; a failure is told
+    instead, and every process raises it, so that none waits for ever on a process 0 that has stopped.
+    Returns ``(kept, told)`` on process 0 and ``(None, told)`` on the others."""
+    kept, told, failure = None, None, None
+    if rank == 0:
+        try:
+            kept, told = work()
+        except Exception as e:  # not KeyboardInterrupt: then every process is being stopped, none listens
+            failure = e
+    answer = broadcast(("error", _describe(failure, path)) if failure is not None else ("ok", told), rank, world)
+    if failure is not None:
+        raise failure
+    if answer[0] == "error":
+        raise AtlasError(f"process 0 stopped: {answer[1]}")
+    return kept, answer[1]
+
+
+def _describe(error: BaseException, path: Path | None = None) -> str:
+    if isinstance(error, sqlite3.Error) and path is not None:
+        return f"the atlas file {path}: {error}"
+    return str(error) or type(error).__name__
+
+
 class _Builder:
-    """The running top-k of every (ranking, layer), and the last committed state to diff against."""
+    """The chunks of this process, ranked; on process 0 also the running top-k of every (ranking, layer), the
+    last committed state to diff against, and the writing."""
 
     def __init__(self, explainer: Explainer, layers: list[int], neurons: int, k: int, tokens: int,
-                 windows: list[Window]) -> None:
+                 windows: list[Window], batch_size: int, rank: int = 0, world: int = 1) -> None:
         self.explainer = explainer
         self.layers = layers
         self.neurons, self.k, self.tokens = neurons, k, tokens
         self.windows = windows
+        self.batch_size = batch_size
+        self.rank, self.world = rank, world
         self.states: dict[tuple[str, int], TopK] = {}
         self.committed: dict[tuple[str, int], torch.Tensor] = {}
+        self.failure: Exception | None = None  # this process's own error, raised once every process knows
 
-    def load(self, conn) -> None:
-        for kind in KINDS:
-            for layer in self.layers:
-                state = load_state(conn, kind, layer, self.neurons, self.k, self.tokens)
-                self.states[kind, layer] = state
-                self.committed[kind, layer] = state.windows.clone()
+    # ----------------------------------------------------------------------------------------- every process
+    def rank_chunk(self, start: int, end: int, floors: dict[tuple[str, int], torch.Tensor],
+                   on_batch: Callable[[int], object]) -> dict[tuple[str, int], dict[str, torch.Tensor]]:
+        """One chunk's own top-k of every (ranking, layer), batch by batch, less what cannot enter the atlas."""
+        states = {(kind, layer): TopK.empty(self.neurons, self.k, self.tokens) for kind in KINDS
+                  for layer in self.layers}
+        for batch_start, batch_end in _spans(start, end, self.batch_size):
+            self.add(states, self.windows[batch_start:batch_end])
+            on_batch(batch_end - batch_start)
+        return {key: state.above(floors[key]) for key, state in states.items()}
 
-    def run(self, conn, run: int, done: int, target: int, batch_size: int, chunk_size: int, progress: bool,
-            on_chunk: Callable[[ChunkDone], None] | None) -> None:
-        from tqdm.auto import tqdm
-
-        chunk = chunks_done(conn)
-        with tqdm(total=target, initial=done, unit="window", desc="concept atlas", disable=not progress,
-                  file=sys.stderr, dynamic_ncols=True) as bar:
-            for chunk_start, chunk_end in _spans(done, target, chunk_size):
-                for start, end in _spans(chunk_start, chunk_end, batch_size):
-                    self.add(self.windows[start:end])
-                    bar.update(end - start)
-                self.commit(conn, chunk, run, self.windows[chunk_start:chunk_end])
-                bar.set_postfix(chunks=chunk + 1)
-                if on_chunk is not None:
-                    on_chunk(ChunkDone(chunk, chunk_end, target))
-                chunk += 1
-
-    def add(self, batch: list[Window]) -> None:
-        """One explained pass over a batch; both rankings of every chosen layer merged."""
+    def add(self, states: dict[tuple[str, int], TopK], batch: list[Window]) -> None:
+        """One explained pass over a batch; both rankings of every chosen layer merged into ``states``."""
         explanations = self.explainer.explain_batch([list(w.token_ids) for w in batch], latents=True)
         rows, layers = len(batch), torch.tensor(self.layers)
         act = torch.zeros(rows, len(self.layers), self.tokens, self.neurons)
@@ -255,25 +304,122 @@ class _Builder:
         most_at = rel.masked_fill(off, float("-inf")).argmax(dim=2)
         ids = torch.tensor([w.index for w in batch])
         for i, layer in enumerate(self.layers):
-            self.states["actmax", layer].merge(peak[:, i], ids, peak_at[:, i], act[:, i], rel[:, i])
-            self.states["relmax", layer].merge(total[:, i], ids, most_at[:, i], act[:, i], rel[:, i])
+            states["actmax", layer].merge(peak[:, i], ids, peak_at[:, i], act[:, i], rel[:, i])
+            states["relmax", layer].merge(total[:, i], ids, most_at[:, i], act[:, i], rel[:, i])
 
-    def commit(self, conn, chunk: int, run: int, windows: list[Window]) -> None:
-        """Write what changed since the last commit, with the chunk's windows and marker, in one transaction."""
+    def rounds(self, done: int, target: int, chunk_size: int) -> list[list[tuple[int, int]]]:
+        """The chunks still to do, ``world`` to a round: chunk ``j`` of a round is process ``j``'s."""
+        spans = _spans(done, target, chunk_size)
+        return [spans[i : i + self.world] for i in range(0, len(spans), self.world)]
+
+    def mine(self, chunks: list[tuple[int, int]], floors, on_batch) -> tuple[str, object] | None:
+        """This process's chunk of a round, ranked: ``("ok", entries)``, ``("error", message)`` if it failed
+        (told to process 0, which stops every process), or ``None`` when the round has no chunk for it."""
+        if self.rank >= len(chunks):
+            return None
+        start, end = chunks[self.rank]
+        try:
+            return "ok", self.rank_chunk(start, end, floors, on_batch)
+        except Exception as e:
+            if self.world == 1:
+                raise
+            self.failure = e
+            return "error", f"process {self.rank}, windows {start}..{end - 1}: {_describe(e)}"
+
+    def follow(self, start: dict, target: int, chunk_size: int) -> None:
+        """Processes other than 0: rank the chunks process 0 deals out, until it says the build is over."""
+        floors = start["floors"]
+        for chunks in self.rounds(start["done"], target, chunk_size):
+            gather_to_root(self.mine(chunks, floors, lambda n: None), self.rank, self.world)
+            answer = broadcast(None, self.rank, self.world)
+            if self.failure is not None:
+                raise self.failure
+            if "error" in answer:
+                raise AtlasError(f"the build stopped: {answer['error']}")
+            floors = answer["floors"]
+
+    # ------------------------------------------------------------------------------------------- process 0
+    def load(self, conn) -> None:
+        """The stored top-k, as the running top-k: ranks only (no per-token values, ``tokens=0``), since a
+        committed entry's values are never written again and a new entry's come with its chunk's entries."""
+        for kind in KINDS:
+            for layer in self.layers:
+                state = load_state(conn, kind, layer, self.neurons, self.k, 0)
+                self.states[kind, layer] = state
+                self.committed[kind, layer] = state.windows.clone()
+
+    def floors(self) -> dict[tuple[str, int], torch.Tensor]:
+        return {key: state.floor() for key, state in self.states.items()}
+
+    def open(self, path: Path, meta: dict, target: int) -> tuple[tuple[sqlite3.Connection, int], dict]:
+        """Process 0: open (or create) the atlas and read where it stands; what the others need of it."""
+        conn, run = open_for_build(path, meta)
+        try:
+            done = windows_done(conn)
+            if done < target:
+                self.load(conn)
+        except BaseException:
+            finish(conn)
+            raise
+        return (conn, run), {"done": done, "floors": self.floors()}
+
+    def lead(self, conn, run: int, start: dict, target: int, chunk_size: int, progress: bool,
+             on_chunk: Callable[[ChunkDone], None] | None, path: Path) -> None:
+        """Process 0: deal out the chunks round by round, rank its own, merge and commit all in chunk order."""
+        from tqdm.auto import tqdm
+
+        done, floors, chunk = start["done"], start["floors"], chunks_done(conn)
+        with tqdm(total=target, initial=done, unit="window", desc="concept atlas", disable=not progress,
+                  file=sys.stderr, dynamic_ncols=True) as bar:
+            for chunks in self.rounds(done, target, chunk_size):
+                error = None
+                try:
+                    parts = gather_to_root(self.mine(chunks, floors, bar.update), self.rank, self.world) or []
+                    for j, ((first, end), part) in enumerate(zip(chunks, parts)):
+                        if part[0] == "error":
+                            error = part[1]
+                            break
+                        for key, entries in part[1].items():
+                            self.states[key].combine(TopK.from_entries(entries, self.neurons, self.k, 0))
+                        self.commit(conn, chunk, run, self.windows[first:end], part[1])
+                        if j != self.rank:
+                            bar.update(end - first)
+                        bar.set_postfix(chunks=chunk + 1)
+                        if on_chunk is not None:
+                            on_chunk(ChunkDone(chunk, end, target))
+                        chunk += 1
+                except Exception as e:  # not KeyboardInterrupt: then every process is being stopped
+                    if self.world == 1:
+                        raise
+                    error, self.failure = _describe(e, path), e
+                floors = self.floors()
+                broadcast({"error": error} if error is not None else {"floors": floors}, self.rank, self.world)
+                if self.failure is not None:
+                    raise self.failure
+                if error is not None:
+                    raise AtlasError(f"the build stopped: {error}; the chunks before it are kept in {path}: run "
+                                     "the same command to resume")
+
+    def commit(self, conn, chunk: int, run: int, windows: list[Window],
+               entries: dict[tuple[str, int], dict[str, torch.Tensor]]) -> None:
+        """Write what changed since the last commit, with the chunk's windows and marker, in one transaction; the
+        new samples' per-token values come from the chunk's ``entries`` (every new sample is one of them)."""
         deletes: list[tuple] = []
         inserts: list[tuple] = []
-        first = windows[0].index
         for (kind, layer), state in self.states.items():
             gone, came = changes(self.committed[kind, layer], state)
             deletes.extend((kind, layer, neuron, window) for neuron, window in gone.tolist())
             if not len(came):
                 continue
             neuron, slot = came[:, 0], came[:, 1]
-            new_windows = state.windows[neuron, slot].tolist()
-            if min(new_windows) < first:
-                raise AtlasError("internal error: a sample from an earlier chunk reappeared")  # pragma: no cover
-            acts, rels = state.activations[neuron, slot].numpy(), state.relevance[neuron, slot].numpy()
-            for i, (n, w, position, score) in enumerate(zip(neuron.tolist(), new_windows,
+            new_windows = state.windows[neuron, slot]
+            part = entries[kind, layer]
+            try:
+                rows = entry_rows(part, neuron, new_windows)
+            except ValueError:  # pragma: no cover
+                raise AtlasError("internal error: a new sample is not from the chunk being committed") from None
+            acts, rels = part["activations"][rows].numpy(), part["relevance"][rows].numpy()
+            for i, (n, w, position, score) in enumerate(zip(neuron.tolist(), new_windows.tolist(),
                                                             state.positions[neuron, slot].tolist(),
                                                             state.scores[neuron, slot].tolist())):
                 length = len(self.windows[w])

@@ -19,6 +19,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .audit import Audit
+from .rules import RuleFunction
 from .ledger import Ledger
 from .methods import Method
 
@@ -94,7 +95,7 @@ def foreign_function(tensor: Any) -> type | None:
     Such a Function runs its own forward without grad and brings its own backward, and ``Function.apply``
     passes the rule mode unseen: no rule sees the operations inside, so they are noticed from the outside."""
     cls = getattr(getattr(tensor, "grad_fn", None), "_forward_cls", None)
-    if cls is None or cls.__module__.split(".")[0] in _OWN_FUNCTIONS:
+    if cls is None or cls.__module__.split(".")[0] in _OWN_FUNCTIONS or issubclass(cls, RuleFunction):
         return None
     return cls
 

@@ -142,14 +142,25 @@ def product(state: RuleState, call: Call) -> Any:
         name, func = "mul", torch.mul  # the rule's result is rebound by `x *= y`
     state.audit.cover(f"product ({state.method.name})", name)
     operands = list(operands)
-    if state.method.gates == "constant" and any(getattr(operands[i], ROLE, None) for i in dependent):
-        operands = [a.detach() if getattr(a, ROLE, None) else a for a in operands]
+    held = [i for i in dependent if _held_constant(state, operands[i])]
+    if held:
+        operands = [a.detach() if i in held else a for i, a in enumerate(operands)]
     else:
         share = 1.0 / len(dependent)
         operands = [rules.scale_gradient(a, share) if i in dependent else a for i, a in enumerate(operands)]
     if equation is not None:
         return func(equation, *operands, **kwargs)
     return func(*operands, *args[2:], **kwargs)
+
+
+#: which of a Method's settings decides how a factor with a role is treated in a product
+_ROLE_SETTING = {"softmax": "attention", "activation": "gates"}
+
+
+def _held_constant(state: RuleState, operand: Any) -> bool:
+    """A factor that is attention probabilities (or a gate) under a method that holds those constant."""
+    setting = _ROLE_SETTING.get(getattr(operand, ROLE, None) or "")
+    return setting is not None and getattr(state.method, setting) == "constant"
 
 
 @handles(*DIVISION_OPS)

@@ -20,6 +20,11 @@ import torch
 STABILISER = 1e-6
 
 
+class RuleFunction(torch.autograd.Function):
+    """Base class for autograd Functions that implement a rule (subclass it in a plug-in rule): the context
+    treats every other custom autograd Function in a model as model code that no rule has seen."""
+
+
 class AbsorptionSink(Protocol):
     """Where rules report relevance absorbed on the way (implemented by ``attnlrp.core.ledger.Ledger``)."""
 

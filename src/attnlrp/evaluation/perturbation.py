@@ -42,7 +42,8 @@ from torch import nn
 from ..errors import ExplainError
 from .instance import TextInstance, embedding_of, model_device, neutral_token_id, position_logits, target_scores
 
-__all__ = ["MODES", "SCORES", "FlipCurves", "flip_curves", "flip_curves_many", "flip_order", "flip_schedule"]
+__all__ = ["MODES", "SCORES", "FlipCurves", "flip_curves", "flip_curves_many", "flip_order", "flip_schedule",
+           "trapezoid_area"]
 
 MODES = ("replace", "zero")
 SCORES = ("logit", "logprob")
@@ -75,8 +76,13 @@ def flip_schedule(n_flippable: int, steps: int | None = None) -> list[int]:
     return [s * n_flippable // steps for s in range(steps + 1)]
 
 
-def _trapezoid(x: torch.Tensor, y: torch.Tensor) -> float:
-    return float(((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2).sum())
+#: numpy's trapezoid rule: ``np.trapezoid`` (numpy ≥ 2.0), ``np.trapz`` before
+_np_trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")
+
+
+def trapezoid_area(y: Any, x: Any) -> float:
+    """Trapezoid-rule area under the curve ``y`` over ``x`` (arrays, CPU tensors or lists), in float64."""
+    return float(_np_trapezoid(np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)))
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,7 @@ class FlipCurves:
 
     def area(self, order: str, score: str = "logit") -> float:
         """Trapezoid-rule area under one curve over x ∈ [0, 1], unnormalised."""
-        return _trapezoid(self.fractions, self.curve(order, score))
+        return trapezoid_area(self.curve(order, score), self.fractions)
 
     def abpc(self, score: str = "logit") -> float:
         """area(LeRF) − area(MoRF). ``"logit"``: divided by |unperturbed logit score| (``nan`` if that is 0);

@@ -9,16 +9,19 @@ the plausibility.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import stat
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from ..errors import ExplainError
 
-__all__ = ["GRID_POINTS", "ordered", "plain", "read_records", "write_records"]
+__all__ = ["GRID_POINTS", "ordered", "plain", "read_records", "replacing", "write_records"]
 
 #: Points of the common grid the curves are interpolated on, so samples of different lengths average.
 GRID_POINTS = 21
@@ -47,12 +50,36 @@ def write_records(records: Sequence[Mapping[str, Any]], path: str | os.PathLike,
                   *, info: Mapping[str, Any] | None = None) -> None:
     """Records as JSON Lines, in summary order, after a header line ``{"run": info}`` (the command and versions
     that made them): the raw data of a run, to re-summarise or merge with other runs later."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", encoding="utf-8") as handle:
+    with replacing(path) as temporary, temporary.open("w", encoding="utf-8") as handle:
         handle.write(json.dumps({"run": dict(info or {})}) + "\n")
         for record in ordered(records):
             handle.write(json.dumps(record, allow_nan=True) + "\n")
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """A new temporary file next to ``path`` (same folder, so same file system; same suffix, so writers that go by
+    it still can) for the block to write in full; only when the block succeeds does it replace ``path``, with
+    ``os.replace``, which is atomic: a crash or an error leaves neither half a file nor a lost previous one.
+    The folder is created if needed; the file gets the previous file's permissions, else the umask's; a symbolic
+    link is followed (the file it points to is replaced, as writing through it would)."""
+    target = Path(os.path.realpath(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp{target.suffix}")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 & ~umask, as open() does
+    try:
+        if target.exists():
+            os.chmod(temporary, stat.S_IMODE(target.stat().st_mode))
+        yield temporary
+        descriptor = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # the data is on disk before the name points at it
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def read_records(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:

@@ -1,5 +1,6 @@
 """Write an evaluation's results: ``results.json`` (task → method → numbers), ``results.md`` (the tables, with
-the command and versions that made them) and ``curves.png`` (the mean perturbation curves per task)."""
+the command and versions that made them) and ``curves.png`` / ``curves-logprob.png`` (the mean perturbation
+curves with their 95 % bands, one panel per task and method, one colour per method: :func:`curves_figure`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import json
 import math
 import platform
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..extras import require
 from ..render.escape import markdown_cell
+from .records import replacing
 from .summary import REFERENCE
 
-__all__ = ["run_info", "markdown", "write_results", "plot_curves"]
+__all__ = ["EXTRA_COLOURS", "METHOD_COLOURS", "RESULT_FILES", "curves_figure", "markdown", "method_colours",
+           "plot_curves", "run_info", "write_results"]
+
+#: The files :func:`write_results` writes in its folder, in this order (the CLI checks them before a run).
+RESULT_FILES = ("results.json", "results.md", "run.json", "curves.png", "curves-logprob.png")
 
 
 def run_info(command: str, **extra: Any) -> dict[str, Any]:
@@ -148,48 +154,149 @@ def _top1_cell(entry: Mapping[str, Any]) -> str:
     return cell
 
 
-def plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, list[float]]]], path: str | Path,
-                *, score: str = "logit") -> None:
-    """One panel per task: each method's mean MoRF (solid) and LeRF (dashed) curve; needs matplotlib (the
-    ``eval`` extra), imported here so that the evaluation itself imports without it."""
+#: One colour per method, the same in every panel and every figure: Paul Tol's colour-blind-safe "muted" scheme
+#: with three of Okabe & Ito's (blue, orange, vermillion), AttnLRP (the reference) in black; the order is the panels'.
+METHOD_COLOURS: Mapping[str, str] = {
+    "attnlrp": "#000000",
+    "attnlrp-gamma": "#aa4499",
+    "cp-lrp": "#0072b2",
+    "input-x-gradient": "#117733",
+    "gradient": "#e69f00",
+    "integrated-gradients": "#999933",
+    "smoothgrad": "#88ccee",
+    "attention": "#cc6677",
+    "rollout": "#882255",
+    "atman": "#332288",
+    "occlusion": "#d55e00",
+    "kernel-shap": "#44aa99",
+    "random": "#888888",
+}
+#: Colours of the methods not named in METHOD_COLOURS (a user's own), handed out in name order.
+EXTRA_COLOURS = ("#56b4e9", "#009e73", "#ddcc77", "#cc79a7", "#f0e442", "#bbbbbb")
+_ORDERS = (("morf", "MoRF", "-"), ("lerf", "LeRF", "--"))
+
+
+def method_colours(methods: Iterable[str]) -> dict[str, str]:
+    """method → colour for ``methods``, in panel order: the known methods as :data:`METHOD_COLOURS` orders and
+    colours them, then the others by name with :data:`EXTRA_COLOURS` (cycled)."""
+    names = set(methods)
+    known = {m: c for m, c in METHOD_COLOURS.items() if m in names}
+    others = sorted(names - set(METHOD_COLOURS))
+    return {**known, **{m: EXTRA_COLOURS[k % len(EXTRA_COLOURS)] for k, m in enumerate(others)}}
+
+
+def curves_figure(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]], *, score: str = "logit",
+                  reference: str = REFERENCE, columns: int = 6) -> Any:
+    """The perturbation curves as small multiples (a matplotlib ``Figure``): one block of panels per task, one
+    panel per method (at most ``columns`` a row, in :func:`method_colours`' order), each with the method's mean
+    MoRF (solid) and LeRF (dashed) curve and its 95 % interval band where ``curves`` has ``<curve>_ci95``
+    (:func:`~attnlrp.evaluation.summary.mean_curves` gives them); ``reference``'s curves are drawn thin in every
+    other panel of its task to compare with. Each method keeps one colour everywhere; every line is labelled
+    ``"method: MoRF"`` (the reference's copies ``"method: MoRF (reference)"``), every band
+    ``"method: MoRF 95 % interval"``. Needs matplotlib (the ``eval`` extra)."""
     require("matplotlib", "eval").use("Agg", force=False)
     plt = require("matplotlib.pyplot", "eval")
+    lines_module = require("matplotlib.lines", "eval")
+    patches_module = require("matplotlib.patches", "eval")
+    if score not in ("logit", "logprob"):
+        raise ValueError(f"score must be 'logit' or 'logprob', got {score!r}")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be a positive integer, got {columns!r}")
+    tasks = [task for task in curves if curves[task]]
+    colours = method_colours(m for task in tasks for m in curves[task])
+    width = min(columns, max((len(curves[task]) for task in tasks), default=1))
+    rows = [math.ceil(len(curves[task]) / width) for task in tasks]
+    panel_width, panel_height, title_height, legend_height = 2.45, 1.95, 0.45, 0.4 + 0.22 * math.ceil(
+        (len(colours) + 4) / 6)
+    figure = plt.figure(figsize=(panel_width * width + 0.5, panel_height * sum(rows) + title_height * len(tasks)
+                                 + legend_height + 0.5), layout="constrained")
+    unit = "logit / |unperturbed logit|" if score == "logit" else "log-probability (nats)"
+    figure.suptitle(f"Mean perturbation curves over the samples, {unit}", fontsize="large")
+    if not tasks:
+        figure.text(0.5, 0.5, "no perturbation curves", ha="center", va="center")
+        return figure
+    blocks = figure.subfigures(len(tasks) + 1, 1, squeeze=False,
+                               height_ratios=[panel_height * r + title_height for r in rows] + [legend_height])[:, 0]
+    for block, task, count in zip(blocks, tasks, rows):
+        block.suptitle(task, fontsize="medium", fontweight="bold")
+        axes = block.subplots(count, width, sharey=True, squeeze=False)
+        methods = [m for m in colours if m in curves[task]]
+        for k, axis in enumerate(axes.flat):
+            if k >= len(methods):
+                axis.set_axis_off()
+                continue
+            _panel(axis, curves[task], methods[k], colours, score, reference)
+            if k % width == 0:
+                axis.set_ylabel(unit, fontsize="small")
+            if k + width >= len(methods):  # nothing below it
+                axis.set_xlabel("fraction flipped", fontsize="small")
+    handles = [lines_module.Line2D([], [], color=colours[m], linewidth=2.4) for m in colours]
+    labels = list(colours)
+    handles += [lines_module.Line2D([], [], color="0.3", linestyle=style) for _, _, style in _ORDERS]
+    labels += ["MoRF: most relevant flipped first", "LeRF: least relevant flipped first"]
+    handles.append(patches_module.Patch(color="0.3", alpha=0.25, linewidth=0))
+    labels.append("95 % t-interval of the mean")
+    if any(reference in curves[task] for task in tasks):
+        handles.append(lines_module.Line2D([], [], color=colours.get(reference, "0"), linewidth=0.9, alpha=0.5))
+        labels.append(f"{reference} (thin), to compare")
+    blocks[-1].legend(handles, labels, loc="center", ncol=min(6, len(labels)), fontsize="small", frameon=False)
+    return figure
 
-    tasks = list(curves)
-    columns = min(3, max(1, len(tasks)))
-    rows = math.ceil(len(tasks) / columns) if tasks else 1
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
-    colours = plt.get_cmap("tab20")
-    for axis, task in zip(axes.flat, tasks):
-        for k, (method, grid) in enumerate(curves[task].items()):
-            colour = colours(k % 20)
-            axis.plot(grid["fraction"], grid[f"morf_{score}"], color=colour, label=method)
-            axis.plot(grid["fraction"], grid[f"lerf_{score}"], color=colour, linestyle="--")
-        axis.set_title(task)
-        axis.set_xlabel("fraction flipped")
-        axis.set_ylabel("logit / |unperturbed logit|" if score == "logit" else "log-probability (nats)")
-        axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(tasks):]:
-        axis.axis("off")
-    if tasks:
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        figure.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize="small")
-    figure.suptitle("Mean perturbation curves: MoRF solid, LeRF dashed")
-    figure.tight_layout(rect=(0, 0.08, 1, 0.96))
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+
+def _panel(axis: Any, task_curves: Mapping[str, Mapping[str, Sequence[float]]], method: str,
+           colours: Mapping[str, str], score: str, reference: str) -> None:
+    """One method's curves (and the reference's, thin) in one panel."""
+    import numpy as np
+
+    if method != reference and reference in task_curves:
+        grid = task_curves[reference]
+        for order, name, style in _ORDERS:
+            axis.plot(grid["fraction"], grid[f"{order}_{score}"], color=colours[reference], linestyle=style,
+                      linewidth=0.9, alpha=0.5, zorder=1, label=f"{reference}: {name} (reference)")
+    grid = task_curves[method]
+    colour = colours[method]
+    for order, name, style in _ORDERS:
+        y = np.asarray(grid[f"{order}_{score}"], dtype=np.float64)
+        axis.plot(grid["fraction"], y, color=colour, linestyle=style, linewidth=1.7, zorder=3,
+                  label=f"{method}: {name}")
+        band = grid.get(f"{order}_{score}_ci95")
+        if band is not None:
+            half = np.asarray(band, dtype=np.float64)
+            axis.fill_between(grid["fraction"], y - half, y + half, color=colour, alpha=0.2, linewidth=0,
+                              zorder=2, label=f"{method}: {name} 95 % interval")
+    axis.set_title(method, fontsize="medium", color="black")
+    axis.set_xlim(0, 1)
+    axis.set_xticks([0, 0.5, 1], ["0", "0.5", "1"])
+    axis.tick_params(labelsize="small")
+    axis.grid(alpha=0.3)
+
+
+def plot_curves(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]], path: str | Path,
+                *, score: str = "logit", reference: str = REFERENCE) -> None:
+    """:func:`curves_figure` written to ``path`` (PNG, or what its suffix names); needs matplotlib (the ``eval``
+    extra), imported here so that the evaluation itself imports without it."""
+    plt = require("matplotlib.pyplot", "eval")
+    figure = curves_figure(curves, score=score, reference=reference)
+    try:
+        figure.savefig(path, dpi=110)
+    finally:
+        plt.close(figure)
 
 
 def write_results(summary: Mapping[str, Any], curves: Mapping[str, Any], info: Mapping[str, Any],
                   output_dir: str | Path) -> list[Path]:
-    """results.json, results.md, run.json and curves.png (logit) / curves-logprob.png in ``output_dir``."""
+    """results.json, results.md, run.json and curves.png (logit) / curves-logprob.png in ``output_dir``, each
+    written whole to a temporary file that then replaces it (:func:`~attnlrp.evaluation.records.replacing`), so
+    an interrupted write keeps the previous file."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "results.json", out / "results.md", out / "run.json", out / "curves.png",
-             out / "curves-logprob.png"]
-    paths[0].write_text(json.dumps(summary, indent=1, allow_nan=True) + "\n", encoding="utf-8")
-    paths[1].write_text(markdown(summary, info), encoding="utf-8")
-    paths[2].write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    plot_curves(curves, paths[3], score="logit")
-    plot_curves(curves, paths[4], score="logprob")
+    paths = [out / name for name in RESULT_FILES]
+    texts = [json.dumps(summary, indent=1, allow_nan=True) + "\n", markdown(summary, info),
+             json.dumps(info, indent=1) + "\n"]
+    for path, text in zip(paths, texts):
+        with replacing(path) as temporary:
+            temporary.write_text(text, encoding="utf-8")
+    for path, score in zip(paths[3:], ("logit", "logprob")):
+        with replacing(path) as temporary:
+            plot_curves(curves, temporary, score=score)
     return paths

@@ -1,7 +1,7 @@
 """Run the text evaluation: every sample attributed by every method, flipped under each perturbation.
 
 It produces records (:mod:`~attnlrp.evaluation.records`), one per (sample, method); :mod:`.summary` turns them
-into tables, :mod:`.distributed` shards them across processes, and :mod:`.tasks` puts this text pipeline and the
+into tables, :mod:`attnlrp.distributed` shards them across processes, and :mod:`.tasks` puts this text pipeline and the
 digits one behind the protocol the CLI loops over.
 """
 

@@ -10,11 +10,12 @@ sorted first (:func:`~attnlrp.evaluation.records.ordered`), so a sharded run sum
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Mapping, Sequence
 
 from ..errors import ExplainError
 from .records import ordered
-from .stats import mean_interval, paired_difference
+from .stats import mean_interval, mean_intervals, paired_difference
 
 __all__ = ["PLAUSIBILITY", "REFERENCE", "mean_curves", "summarise"]
 
@@ -74,7 +75,7 @@ def summarise(records: Sequence[Mapping[str, Any]], *, reference: str = REFERENC
 
 def _per_method(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """What does not depend on the perturbation: cost, the model's accuracy, plausibility, IG's completeness."""
-    entry: dict[str, Any] = {"seconds_per_sample": math.fsum(r["seconds"] for r in rows) / len(rows), "n": len(rows)}
+    entry: dict[str, Any] = {"seconds_per_sample": statistics.fmean(r["seconds"] for r in rows), "n": len(rows)}
     judged = [r["correct"] for r in rows if r.get("correct") is not None]
     if judged:
         entry["model_correct_count"] = sum(judged)
@@ -89,7 +90,8 @@ def _per_method(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     completeness = [r["details"]["completeness_error"] for r in rows
                     if isinstance(r["details"].get("completeness_error"), (int, float))]
     if completeness:
-        entry["completeness_error_median"] = sorted(completeness)[len(completeness) // 2]
+        # the upper median (the larger middle value of an even count), as the committed results were made
+        entry["completeness_error_median"] = statistics.median_high(completeness)
     return entry
 
 
@@ -102,14 +104,22 @@ def _paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
 
 
 def mean_curves(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """task:perturbation → method → the mean of each grid curve over the samples (for the plots)."""
-    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    """task:perturbation → method → each grid curve's mean over the samples (for the plots), and beside each
+    curve but ``fraction`` its 95 % t-interval half-width, ``<curve>_ci95``, point by point. NaN points (a
+    sample whose unperturbed logit was 0) are left out, as in the ABPC tables."""
+    out: dict[str, dict[str, dict[str, list[list[float]]]]] = {}
     for record in ordered(records):
         for mode, grid in record["grid"].items():
             slot = out.setdefault(f"{record['task']}:{mode}", {}).setdefault(record["method"], {})
             for name, values in grid.items():
                 slot.setdefault(name, []).append(values)
-    return {task: {method: {name: [math.fsum(col) / len(col) for col in zip(*rows)]
-                            for name, rows in curves.items()}
-                   for method, curves in methods.items()}
-            for task, methods in out.items()}
+    result: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for task, methods in out.items():
+        for method, curves in methods.items():
+            entry = result.setdefault(task, {}).setdefault(method, {})
+            for name, rows in curves.items():
+                mean, half, _ = mean_intervals(rows)
+                entry[name] = mean.tolist()
+                if name != "fraction":
+                    entry[f"{name}_ci95"] = half.tolist()
+    return result

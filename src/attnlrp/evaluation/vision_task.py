@@ -34,6 +34,7 @@ from torch import nn
 from ..core import Method, MethodSpec, get_method, method_names
 from ..errors import ExplainError
 from ..extras import require
+from .perturbation import trapezoid_area
 from .records import GRID_POINTS
 
 if TYPE_CHECKING:
@@ -280,7 +281,7 @@ class PatchFlipCurves:
 
     def area(self, order: str = "morf", score: str = "logit") -> float:
         """Trapezoid area under one curve over the fraction flipped (x ∈ [0, 1])."""
-        return _trapezoid(self.curve(order, score), self.fractions)
+        return trapezoid_area(self.curve(order, score), self.fractions)
 
     def abpc(self, score: str = "logit") -> float:
         """Area between the perturbation curves, area(LeRF) − area(MoRF): higher means more faithful."""
@@ -317,10 +318,6 @@ class PatchFlipCurves:
 def _check_score(score: str) -> None:
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-
-
-def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
-    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0)
 
 
 def patch_order(relevance: torch.Tensor | np.ndarray, order: str = "morf") -> np.ndarray:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +26,12 @@ from .base import kind_of_class
 if TYPE_CHECKING:
     from ..latent.relevance import LayerSites
 
-Prompt = Union[str, Sequence[int], torch.Tensor]
+#: a prompt: text, token ids (a list, a 1-D or ``(1, N)`` tensor or array), or what ``tokenizer(text,
+#: return_tensors="pt")`` returns (a ``BatchEncoding`` or a dict with ``input_ids`` and optionally ``attention_mask``)
+Prompt = Union[str, Sequence[int], torch.Tensor, np.ndarray, Mapping[str, Any]]
+
+#: where an error about a prompt holding several sequences points
+BATCH_POINTER = "explain several prompts with Explainer(model, tokenizer).explain_batch(prompts)"
 
 #: the kinds of output head: how the explained value is read from the model's output
 HEAD_KINDS = ("causal-lm", "masked-lm", "seq-cls", "seq2seq", "image-cls", "custom")
@@ -72,7 +79,10 @@ class ModelAdapter:
     def of(cls, model: nn.Module) -> "ModelAdapter":
         """The adapter of ``model`` (built on first use, then kept as long as the model lives)."""
         if not isinstance(model, nn.Module):
-            raise ExplainError(f"expected a transformers model (a torch.nn.Module), got {type(model).__name__}")
+            hint = " (for a pipeline, pass it as the model and None as the tokenizer)" if is_pipeline(model) else ""
+            raise ExplainError(
+                f"expected a transformers model (a torch.nn.Module) or a pipeline, got {type(model).__name__}{hint}"
+            )
         adapter = _ADAPTERS.get(model)
         if adapter is None:
             parameters = frozenset(inspect.signature(model.forward).parameters)
@@ -219,10 +229,111 @@ def single_token(tokenizer, text: str, what: str) -> int:
     return ids[0]
 
 
-def prepare_prompt(tokenizer, prompt: Prompt, add_special_tokens: bool) -> TokenizedPrompt:
-    """Text or token ids as a ``TokenizedPrompt``."""
+# ------------------------------------------------------------------------------------------------- pipelines
+def is_pipeline(obj: Any) -> bool:
+    """Whether ``obj`` is a transformers ``Pipeline`` (checked by class, without importing the pipelines)."""
+    return any(c.__name__ == "Pipeline" and c.__module__.startswith("transformers")
+               for c in type(obj).__mro__)
+
+
+def model_and_tokenizer(model: Any, tokenizer: Any) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)`` as given, or the model and tokenizer of a transformers pipeline passed as ``model``
+    (with ``tokenizer=None``; a tokenizer given as well is used instead of the pipeline's)."""
+    if is_pipeline(model):
+        inner = getattr(model, "model", None)
+        task = getattr(model, "task", None) or type(model).__name__
+        if not isinstance(inner, nn.Module):
+            raise ExplainError(f"the {task} pipeline's model is not a PyTorch model ({type(inner).__name__})")
+        tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise ExplainError(f"the {task} pipeline has no tokenizer; pass one as the tokenizer argument")
+        return inner, tokenizer
+    if tokenizer is None and isinstance(model, nn.Module):
+        raise ExplainError("a tokenizer is needed (only a pipeline, passed as the model, brings its own)")
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------------------- prompts
+_PROMPT_FORMS = ("text, token ids (a list, a 1-D or (1, N) tensor), or the output of "
+                 "tokenizer(text, return_tensors='pt') (a BatchEncoding or a dict with input_ids)")
+
+
+def _rows_of(value: Any, what: str) -> list[list[int]]:
+    """Rows of token ids from a list, a list of lists, or a 1-D / 2-D tensor or array."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise ExplainError(f"{what} must hold integer token ids, got a {value.dtype} tensor")
+        if value.dim() == 1:
+            return [value.tolist()]
+        if value.dim() == 2:
+            return value.tolist()
+        raise ExplainError(f"{what} must be 1-D (N) or 2-D (batch, N), got shape {tuple(value.shape)}")
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(row, (list, tuple, torch.Tensor, np.ndarray)) for row in value):
+            return [row for item in value for row in _rows_of(item, what)]
+        return [list(value)]
+    raise ExplainError(f"{what} must be token ids, got {type(value).__name__}")
+
+
+def _encoding_rows(encoding: Mapping[str, Any]) -> list[tuple[list[int], list[int | None] | None]]:
+    """The rows of a ``BatchEncoding`` / dict: each row's ids without its padding (``attention_mask`` 0) and, from a
+    fast tokenizer's encoding, its word ids."""
+    if "input_ids" not in encoding:
+        keys = ", ".join(map(str, encoding)) or "none"
+        raise ExplainError(f"a dict prompt needs 'input_ids' (as tokenizer(text, return_tensors='pt') gives); "
+                           f"its keys: {keys}")
+    rows = _rows_of(encoding["input_ids"], "input_ids")
+    masks = _rows_of(encoding["attention_mask"], "attention_mask") if encoding.get("attention_mask") is not None \
+        else [[1] * len(row) for row in rows]
+    if len(masks) != len(rows) or any(len(m) != len(r) for m, r in zip(masks, rows)):
+        raise ExplainError("attention_mask and input_ids have different shapes")
+    words: list[list[int | None] | None] = [None] * len(rows)
+    if getattr(encoding, "encodings", None) and len(encoding.encodings) == len(rows):  # type: ignore[attr-defined]
+        words = [encoding.word_ids(r) for r in range(len(rows))]  # type: ignore[attr-defined]
+    kept = []
+    for row, mask, word_ids in zip(rows, masks, words):
+        keep = [i for i, m in enumerate(mask) if int(m) != 0]
+        kept.append(([int(row[i]) for i in keep],
+                     None if word_ids is None or len(word_ids) != len(row) else [word_ids[i] for i in keep]))
+    return kept
+
+
+def _id_rows(prompt: Any) -> list[tuple[list[int], list[int | None] | None]]:
+    """A prompt given as ids, in any accepted form, as rows of ``(ids, word ids or None)``."""
+    if isinstance(prompt, Mapping):
+        return _encoding_rows(prompt)
+    if isinstance(prompt, (torch.Tensor, np.ndarray, list, tuple)):
+        return [(row, None) for row in _rows_of(prompt, "token ids")]
+    raise ExplainError(f"a prompt must be {_PROMPT_FORMS}; got {type(prompt).__name__}")
+
+
+def prepare_prompt(tokenizer, prompt: Prompt, add_special_tokens: bool, *,
+                   several: str = BATCH_POINTER) -> TokenizedPrompt:
+    """One prompt in any accepted form (see ``Prompt``) as a ``TokenizedPrompt``; a tensor or encoding that holds
+    several sequences is refused with ``several`` (where to go instead) in the message."""
     if isinstance(prompt, str):
         return tokenize(tokenizer, prompt, add_special_tokens=add_special_tokens)
-    if isinstance(prompt, (torch.Tensor, list, tuple)):
-        return from_ids(tokenizer, prompt)
-    raise ExplainError(f"a prompt must be text or token ids, got {type(prompt).__name__}")
+    rows = _id_rows(prompt)
+    if len(rows) != 1:
+        raise ExplainError(f"the prompt holds {len(rows)} sequences but one is explained here; {several}")
+    ids, word_ids = rows[0]
+    return from_ids(tokenizer, ids, word_ids=word_ids)
+
+
+def prepare_prompts(tokenizer, prompts: Any, add_special_tokens: bool) -> list[TokenizedPrompt]:
+    """Several prompts: a list of prompts (each in any accepted form), or a ``(B, N)`` tensor or a
+    ``BatchEncoding`` / dict of B rows (padding dropped by its ``attention_mask``)."""
+    if isinstance(prompts, (Mapping, torch.Tensor, np.ndarray)):
+        if not isinstance(prompts, Mapping) and prompts.ndim != 2:
+            raise ExplainError(f"a tensor of prompts must be 2-D (batch, N), got shape {tuple(prompts.shape)}; "
+                               "a 1-D tensor is one prompt: explain it with explain()")
+        rows = _id_rows(prompts)
+        if not rows:
+            raise ExplainError("explain_batch takes a non-empty list of prompts")
+        return [from_ids(tokenizer, ids, word_ids=word_ids) for ids, word_ids in rows]
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+        raise ExplainError("explain_batch takes a non-empty list of prompts (or a (B, N) tensor, or a "
+                           "BatchEncoding of B rows)")
+    return [prepare_prompt(tokenizer, p, add_special_tokens) for p in prompts]
