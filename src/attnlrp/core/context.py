@@ -178,20 +178,17 @@ class LRPContext(AbstractContextManager):
                 module.training = True
 
     def _install_hooks(self) -> None:
+        if not self.method.uses_rules:
+            return  # a plain gradient: parameters frozen and eval mode are all it needs
         input_embedding = _input_embedding_of(self.model)
-        use_rules = self.method.uses_rules
+        functions = module_rules.custom_function_hook(self.audit, self.ledger, self.report_function)
         for name, module in self.model.named_modules():
-            is_norm = use_rules and module_rules.is_norm_module(module)
+            is_norm = module_rules.is_norm_module(module)
             pre = module.register_forward_pre_hook(self._owned_hook(self._make_pre_hook(name, module, is_norm)))
-            self._undo.append(pre.remove)
-            if use_rules:  # before the post hook: a report names this module, still on top of the module stack
-                functions = module_rules.custom_function_hook(self.audit, self.ledger, self.report_function)
-                handle = module.register_forward_hook(self._owned_hook(functions), with_kwargs=True)
-                self._undo.append(handle.remove)
-            post = module.register_forward_hook(self._owned_hook(self._make_post_hook(is_norm)), always_call=True)
-            self._undo.append(post.remove)
-            if not use_rules:
-                continue
+            post = module.register_forward_hook(
+                self._owned_hook(self._make_post_hook(is_norm, functions)), with_kwargs=True, always_call=True
+            )
+            self._undo.extend([pre.remove, post.remove])
             if is_checkpointed(module):
                 self._undo.append(rule_recomputation(module, self._ruled))
             if module_rules.is_activation_module(module):
@@ -259,7 +256,7 @@ class LRPContext(AbstractContextManager):
 
     def _make_pre_hook(self, name: str, module: nn.Module, is_norm: bool):
         def pre_hook(mod: nn.Module, args: Any) -> None:
-            entered = self.method.uses_rules and self._mode_depth == 0
+            entered = self._mode_depth == 0
             if entered:  # the outermost of this model's modules: the rules are on while it runs
                 self._enter_mode()
             self._module_stack.append((name, module, entered))
@@ -268,27 +265,32 @@ class LRPContext(AbstractContextManager):
 
         return pre_hook
 
-    def _make_post_hook(self, is_norm: bool):
-        def post_hook(mod: nn.Module, args: Any, output: Any) -> None:
-            if is_norm:
-                self.norm_depth -= 1
-            entered = self._module_stack.pop()[2] if self._module_stack else False
-            if entered and self._mode_depth > 0:
-                self._leave_mode()
+    def _make_post_hook(self, is_norm: bool, functions: Callable):
+        def post_hook(mod: nn.Module, args: Any, kwargs: dict, output: Any) -> Any:
+            try:  # while this module is still on top of the stack, so that a report names it
+                return functions(mod, args, kwargs, output)
+            finally:
+                if is_norm:
+                    self.norm_depth -= 1
+                entered = self._module_stack.pop()[2] if self._module_stack else False
+                if entered and self._mode_depth > 0:
+                    self._leave_mode()
 
         return post_hook
 
     # ----------------------------------------------------------------------------------------------- audit
     def current_module_type(self) -> str:
+        """The class name of the innermost module running now (the model's own when none is)."""
         return type(self._module_stack[-1][1]).__name__ if self._module_stack else type(self.model).__name__
 
     def report_function(self, tensor: torch.Tensor) -> None:
         """A custom autograd Function's output that no rule covers: flag it once (where it is first seen)."""
         node = tensor.grad_fn
-        if node in self._reported_functions:
+        if node is None or node in self._reported_functions:
             return
         self._reported_functions.add(node)
-        self.flag(f"autograd Function {node._forward_cls.__name__} (its own backward, no rule)")
+        function = getattr(node, "_forward_cls", type(node))  # a custom Function's backward node names its Function
+        self.flag(f"autograd Function {function.__name__} (its own backward, no rule)")
 
     def flag(self, op: str) -> None:
         """A non-linear operation ran without a rule: record it (or raise, in strict mode)."""
