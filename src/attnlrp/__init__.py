@@ -1,13 +1,25 @@
-"""attnlrp: AttnLRP (attention-aware Layer-wise Relevance Propagation) for Hugging Face transformers."""
+"""attnlrp: AttnLRP (attention-aware Layer-wise Relevance Propagation) for Hugging Face transformers.
 
-from .core import Audit, ExplainedPass, LedgerReport, LRPContext, Method, UnhandledOperationError, lrp, method_names
+The public names below are imported on first use (:mod:`attnlrp._lazy`): ``import attnlrp`` itself imports no
+torch, so that the command line answers ``--help`` and ``--version`` at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._lazy import make_lazy
 from .errors import ExplainError, MissingExtraError, UnruledOperationWarning
-from .explain import Explainer, explain
-from .explanation import Explanation, Target, explanations_to_pandas
-from .generation import GenerationExplanation, explain_generation
+from .method_registry import Method, method_names
 
-#: the names of the built-in methods (``attnlrp.method_names()`` also lists methods registered later)
+if TYPE_CHECKING:
+    from .core import Audit, ExplainedPass, LedgerReport, LRPContext, UnhandledOperationError, lrp
+    from .explain import Explainer, explain
+    from .explanation import Explanation, Target, explanations_to_pandas
+    from .generation import GenerationExplanation, explain_generation
+
 METHODS = method_names()
+"""The names of the built-in methods (:func:`method_names` also lists methods registered later)."""
 
 __all__ = [
     "METHODS",
@@ -31,3 +43,10 @@ __all__ = [
     "method_names",
 ]
 __version__ = "0.1.0"
+
+make_lazy(__name__, {
+    **dict.fromkeys(("Audit", "ExplainedPass", "LedgerReport", "LRPContext", "UnhandledOperationError", "lrp"), ".core"),
+    **dict.fromkeys(("Explainer", "explain"), ".explain"),
+    **dict.fromkeys(("Explanation", "Target", "explanations_to_pandas"), ".explanation"),
+    **dict.fromkeys(("GenerationExplanation", "explain_generation"), ".generation"),
+})

@@ -17,7 +17,7 @@ from .core import ExplainedPass, MethodSpec, SharedAbsorptionError, get_method
 from .errors import ExplainError
 from .explanation import Explanation
 from .latent.relevance import LatentRecorder
-from .models.adapter import ModelAdapter, Prompt, model_and_tokenizer, prepare_prompt, prepare_prompts
+from .models.adapter import ModelAdapter, Prompt, bos_policy, model_and_tokenizer, prepare_prompt, prepare_prompts
 from .targets import Reading, TargetSpec, target_for
 from .tokens import TokenizedPrompt, from_ids
 
@@ -32,6 +32,11 @@ class Explainer:
     ``model`` may also be a transformers ``pipeline`` (its model and tokenizer are used): ``Explainer(pipe)``.
     Prompts are text, token ids (a list, a 1-D or ``(1, N)`` tensor) or what ``tokenizer(text,
     return_tensors="pt")`` returns (padding dropped by its ``attention_mask``).
+
+    ``add_bos``: ``None`` ("auto", default) starts a text prompt of a decoder LM with the tokenizer's BOS token if
+    it defines one (added if the tokenizer does not add it itself), ``True`` always, ``False`` never; prompts
+    given as ids are used as given. A prepended BOS is a special token: it keeps its relevance (the attention
+    sink's share) but ``top()``, the rankings and the colour scale leave it out unless ``include_special=True``.
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class Explainer:
         strict: bool = False,
         add_special_tokens: bool = True,
         model_name: str | None = None,
+        add_bos: bool | None = None,
     ) -> None:
         self._method = get_method(method)
         model, tokenizer = model_and_tokenizer(model, tokenizer)
@@ -51,6 +57,8 @@ class Explainer:
         self.method = self._method.name
         self.strict = strict
         self.add_special_tokens = add_special_tokens
+        bos_policy(add_bos, tokenizer, "custom")  # checks the value
+        self.add_bos = add_bos
         self.model_name = model_name or getattr(getattr(model, "config", None), "_name_or_path", None) or None
         self.adapter = ModelAdapter.of(model)
         self._embedding = self.adapter.input_embedding()
@@ -74,6 +82,7 @@ class Explainer:
         position: int | None = None,
         decoder_prefix: Prompt | None = None,
         latents: bool = False,
+        add_bos: bool | None = None,
     ) -> Explanation:
         """Explain one prompt. ``target``: a token (string or id), a class, or a callable on the output.
 
@@ -81,10 +90,11 @@ class Explainer:
         (``decoder_prefix``: text or ids after the decoder start token; default empty).
         ``latents=True`` also reads the relevance of every layer's residual stream, MLP neurons and attention
         heads from the same backward pass (``Explanation.latents``, see ``attnlrp.latent``).
+        ``add_bos``: this call's BOS policy (``None``: the explainer's, see the class docstring).
         """
         return self.explain_batch(
             [prompt], target=target, contrast=contrast, position=position,
-            decoder_prefix=None if decoder_prefix is None else [decoder_prefix], latents=latents,
+            decoder_prefix=None if decoder_prefix is None else [decoder_prefix], latents=latents, add_bos=add_bos,
         )[0]
 
     def explain_batch(
@@ -96,13 +106,16 @@ class Explainer:
         position: int | None | Sequence[int | None] = None,
         decoder_prefix: Sequence[Prompt | None] | None = None,
         latents: bool = False,
+        add_bos: bool | None = None,
     ) -> list[Explanation]:
         """Explain several prompts in one padded forward and backward pass; each row as if alone.
 
         ``prompts``: a list of prompts (each in any form ``explain`` takes), a ``(B, N)`` tensor of token ids, or
         a ``BatchEncoding`` / dict of B rows from ``tokenizer(texts, padding=True, return_tensors="pt")`` (each
-        row's padding dropped by its ``attention_mask``)."""
-        prepared = prepare_prompts(self.tokenizer, prompts, self.add_special_tokens)
+        row's padding dropped by its ``attention_mask``). ``add_bos``: as for ``explain``."""
+        policy = bos_policy(self.add_bos if add_bos is None else add_bos, self.tokenizer, self.adapter.head,
+                            self.add_special_tokens)
+        prepared = prepare_prompts(self.tokenizer, prompts, self.add_special_tokens, add_bos=policy)
         rows = len(prepared)
         segments = [_Segment("input", prepared, "inputs_embeds", "attention_mask")]
         if self.adapter.head == "seq2seq":
@@ -173,8 +186,9 @@ class Explainer:
         masks: list[torch.Tensor] = []
         rows = len(segments[0].rows)
         output_rows = segments[-1].rows  # positions refer to the last segment (the decoder, if any)
-        recorder = LatentRecorder(self.model) if latents else contextlib.nullcontext()
-        with ExplainedPass(self.model, self._method, strict=self.strict) as explained, recorder:
+        recorder = LatentRecorder(self.model) if latents else None
+        with (ExplainedPass(self.model, self._method, strict=self.strict) as explained,
+              recorder if recorder is not None else contextlib.nullcontext()):
             explained.start(rows)
             for segment in segments:
                 ids, mask = self._pad(segment.rows, device)
@@ -192,7 +206,7 @@ class Explainer:
             values = torch.stack([value.to(torch.float64) for value, _ in read])
             result = explained.backward(values, leaves, masks=masks)
         latent_rows: list[Any] = [None] * rows
-        if latents:
+        if recorder is not None:
             latent_rows = recorder.rows(
                 [len(p) for p in output_rows], [p.tokens for p in output_rows], [p.special for p in output_rows]
             )
@@ -261,10 +275,11 @@ def explain(
     decoder_prefix: Prompt | None = None,
     strict: bool = False,
     latents: bool = False,
+    add_bos: bool | None = None,
 ) -> Explanation:
     """Explain one prompt with ``method`` (a name from ``attnlrp.method_names()`` or a ``Method``).
 
     ``model`` may be a transformers ``pipeline`` with ``tokenizer=None``: ``explain(pipe, None, prompt)``."""
-    explainer = Explainer(model, tokenizer, method=method, strict=strict)
+    explainer = Explainer(model, tokenizer, method=method, strict=strict, add_bos=add_bos)
     return explainer.explain(prompt, target=target, contrast=contrast, position=position,
                              decoder_prefix=decoder_prefix, latents=latents)

@@ -30,6 +30,7 @@ class Target:
     label: str | None = None  # class name for classification heads
 
     def describe(self) -> str:
+        """What was explained, in words: ``"logit of ' Lisbon' at position 5"``, ``"class 3 (cat)"``."""
         if self.kind == "class":
             return f"class {self.token_id}" + (f" ({self.label})" if self.label else "")
         if self.kind == "custom":
@@ -42,6 +43,7 @@ class Target:
         return text
 
     def to_dict(self) -> dict[str, Any]:
+        """The target as plain JSON-ready values (``Target.from_dict`` reads it back)."""
         return {
             "kind": self.kind,
             "position": self.position,
@@ -71,6 +73,7 @@ class LatentSummary(dict):
     token, the top neurons and heads), as ``from_json`` gives it back: a dict, not the tensors."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as a plain dict."""
         return dict(self)
 
 
@@ -120,10 +123,21 @@ def ranked_tokens(
 class HtmlView:
     """``save_html`` and the notebook view for any result that renders itself with ``to_html(full_page=…)``."""
 
+    if TYPE_CHECKING:  # the token fields each token-level result declares (read by ``_token_fields``)
+        tokens: list[str]
+        token_ids: list[int]
+        method: str
+        special: list[bool]
+        prompt: str | None
+        model_name: str | None
+
     def to_html(self, *, full_page: bool = True) -> str:  # pragma: no cover - implemented by each result
+        """The heatmap as HTML: a standalone page, or with ``full_page=False`` a fragment to embed (the notebook
+        view)."""
         raise NotImplementedError
 
     def save_html(self, path: str) -> None:
+        """Write the standalone HTML page (``to_html()``) to ``path``."""
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(self.to_html())
 
@@ -195,6 +209,7 @@ class Explanation(HtmlView):
 
     # -------------------------------------------------------------------------------------------- outputs
     def to_dict(self) -> dict[str, Any]:
+        """The explanation as plain JSON-ready values (``Explanation.from_dict`` reads it back)."""
         return {
             **self._token_fields(),
             "relevance": [float(r) for r in self.relevance.tolist()],
@@ -211,6 +226,8 @@ class Explanation(HtmlView):
         }
 
     def to_json(self, **kwargs: Any) -> str:
+        """The explanation as JSON (``to_dict``; ``kwargs`` go to ``json.dumps``); ``Explanation.from_json`` reads it
+        back."""
         kwargs.setdefault("ensure_ascii", False)
         return json.dumps(self.to_dict(), **kwargs)
 
@@ -325,7 +342,15 @@ class Explanation(HtmlView):
                 shown[i] = "\n" + shown[i]
         return shown
 
-    def to_html(self, *, full_page: bool = True, top_k: int = 10) -> str:
+    def _excluded(self, include_special: bool) -> list[bool] | None:
+        """Tokens left out of the colour scale and the rankings: the special ones (BOS…) unless included."""
+        if include_special or len(self.special) != len(self.tokens) or not any(self.special):
+            return None
+        return [bool(flag) for flag in self.special]
+
+    def to_html(self, *, full_page: bool = True, top_k: int = 10, include_special: bool = False) -> str:
+        """The heatmap page. Special tokens (a BOS holding the attention sink's relevance) are shown with their
+        relevance but left out of the colour scale and the tables unless ``include_special=True``."""
         from .render import heatmap_html
 
         return heatmap_html(
@@ -335,14 +360,24 @@ class Explanation(HtmlView):
             details=self._details(),
             top_k=top_k,
             full_page=full_page,
+            exclude=self._excluded(include_special),
         )
 
-    def to_terminal(self, *, color: bool = True, top_k: int = 10) -> str:
-        from .render import heatmap_terminal, ranking_table
+    def to_terminal(self, *, color: bool | None = None, top_k: int = 10, include_special: bool = False) -> str:
+        """The details, the prompt as a heatmap and the ranking of the ``top_k`` tokens, for a terminal.
 
+        ``color``: ANSI colours (``True``), ``[token|score]`` markers (``False``), or ``None`` (default): colours
+        only when standard output is a terminal and ``NO_COLOR`` is unset (:func:`attnlrp.render.resolve_color`).
+        Special tokens (BOS…) are shown in the heatmap with their relevance but left out of the colour scale and
+        the ranking unless ``include_special=True`` (as in :meth:`top`).
+        """
+        from .render import heatmap_terminal, ranking_table, resolve_color
+
+        excluded = self._excluded(include_special)
         lines = [f"{k}: {v}" for k, v in self._details().items()]
-        lines += ["", heatmap_terminal(self._display_tokens(), self.relevance.tolist(), color=color), ""]
-        lines.append(ranking_table(self.tokens, self.relevance.tolist(), top_k=top_k))
+        lines += ["", heatmap_terminal(self._display_tokens(), self.relevance.tolist(), color=resolve_color(color),
+                                       exclude=excluded), ""]
+        lines.append(ranking_table(self.tokens, self.relevance.tolist(), top_k=top_k, exclude=excluded))
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from .core import ExplainedPass, LedgerReport, Method, MethodSpec, SharedAbsorpt
 from .errors import ExplainError
 from .explanation import HtmlView, json_object, ledger_from_dict, ranked_tokens
 from .extras import require
-from .models.adapter import ModelAdapter, Prompt, model_and_tokenizer, prepare_prompt
+from .models.adapter import ModelAdapter, Prompt, bos_policy, model_and_tokenizer, prepare_prompt
 
 if TYPE_CHECKING:
     import pandas
@@ -69,10 +69,12 @@ class GenerationExplanation(HtmlView):
 
     @property
     def generated_ids(self) -> list[int]:
+        """The ids of the generated tokens (without the prompt's)."""
         return self.token_ids[self.prompt_length:]
 
     @property
     def answer(self) -> str:
+        """The generated text."""
         return "".join(self.generated)
 
     def __len__(self) -> int:
@@ -89,6 +91,7 @@ class GenerationExplanation(HtmlView):
 
     # --------------------------------------------------------------------------------------------- outputs
     def to_dict(self) -> dict[str, Any]:
+        """The explanation as plain JSON-ready values (``from_dict`` reads it back)."""
         return {
             **self._token_fields(),
             "prompt_length": self.prompt_length,
@@ -104,6 +107,7 @@ class GenerationExplanation(HtmlView):
         }
 
     def to_json(self, **kwargs: Any) -> str:
+        """The explanation as JSON (``to_dict``; ``kwargs`` go to ``json.dumps``); ``from_json`` reads it back."""
         kwargs.setdefault("ensure_ascii", False)
         return json.dumps(self.to_dict(), **kwargs)
 
@@ -232,8 +236,13 @@ class GenerationExplanation(HtmlView):
             full_page=full_page,
         )
 
-    def to_terminal(self, *, color: bool = True, top_k: int = 3) -> str:
-        from .render import heatmap_terminal, terminal_text, token_repr
+    def to_terminal(self, *, color: bool | None = None, top_k: int = 3) -> str:
+        """Prompt, answer, the whole answer's heatmap and each generated token's ``top_k`` earlier tokens.
+
+        ``color``: ANSI colours (``True``), ``[token|score]`` markers (``False``), or ``None`` (default): colours
+        only when standard output is a terminal and ``NO_COLOR`` is unset (:func:`attnlrp.render.resolve_color`).
+        """
+        from .render import heatmap_terminal, resolve_color, terminal_text, token_repr
         from .render.ranking import format_score
 
         lines = [f"{k}: {v}" for k, v in self._details().items()]
@@ -243,7 +252,8 @@ class GenerationExplanation(HtmlView):
             "answer: " + terminal_text(self.answer),
             "",
             "relevance for the whole answer:",
-            heatmap_terminal(self.tokens, self.answer_relevance.tolist(), color=color),
+            heatmap_terminal(self.tokens, self.answer_relevance.tolist(), color=resolve_color(color),
+                             exclude=list(self.special) if len(self.special) == len(self.tokens) else None),
             "",
             f"top {top_k} earlier tokens for each generated token:",
         ]
@@ -325,7 +335,9 @@ def explain_generation(
     strict: bool = False,
     add_special_tokens: bool = True,
     model_name: str | None = None,
+    add_bos: bool | None = None,
     row_batch: int | str = "auto",
+    progress: Callable[[int, int], None] | None = None,
     **generate_kwargs: Any,
 ) -> GenerationExplanation:
     """Generate an answer to ``prompt`` (greedy unless sampling settings are given) and explain every token of it.
@@ -335,7 +347,10 @@ def explain_generation(
     (best on a CPU), B > 1 repeats the sequence B times in a batch (best on a GPU), ``"auto"`` picks per device.
     The relevance is the same either way.
     ``model`` may be a transformers ``pipeline`` with ``tokenizer=None``; ``prompt`` is text, token ids or a
-    one-row ``BatchEncoding`` (as for ``explain``).
+    one-row ``BatchEncoding`` (as for ``explain``). ``add_bos``: the BOS policy of ``Explainer`` (``None``: auto,
+    a text prompt starts with the tokenizer's BOS token).
+    ``progress(done, total)``, if given, is called once the answer is generated (``done`` 0) and after each
+    explained pass with the generated tokens explained so far, for a progress bar (``attnlrp explain --generate``).
     """
     method = get_method(method)
     model, tokenizer = model_and_tokenizer(model, tokenizer)
@@ -345,10 +360,12 @@ def explain_generation(
         resolve_row_batch(row_batch, torch.device("cpu"), max_new_tokens)  # reject a bad value before generating
     adapter = ModelAdapter.of(model)
     embedding = adapter.input_embedding()
-    if adapter.head != "causal-lm" or not hasattr(model, "generate"):
+    generate = getattr(model, "generate", None)  # nn.Module declares none: a transformers language model's
+    if adapter.head != "causal-lm" or generate is None:
         raise ExplainError(f"{type(model).__name__}: generation attribution needs a causal language model")
     prepared = prepare_prompt(tokenizer, prompt, add_special_tokens,
-                              several="explain_generation explains one prompt: call it once per prompt")
+                              several="explain_generation explains one prompt: call it once per prompt",
+                              add_bos=bos_policy(add_bos, tokenizer, adapter.head, add_special_tokens))
     adapter.check_length(len(prepared), tokenizer, extra=max_new_tokens)
     device = adapter.device
     prompt_ids = torch.tensor([prepared.input_ids], dtype=torch.long, device=device)
@@ -360,7 +377,7 @@ def explain_generation(
         generate_kwargs.setdefault("pad_token_id", pad)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
-        output = model.generate(
+        output = generate(
             input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens,
             **generate_kwargs,
         )
@@ -377,7 +394,8 @@ def explain_generation(
         embeds = embedding(inputs_ids)
     seq_len = len(ids)
     passes = _RowPasses(adapter, embeds, positions=torch.arange(start - 1, start - 1 + n, device=device),
-                        targets=generated)
+                        targets=generated, progress=None if progress is None else lambda done: progress(done, n))
+    passes.report(0)
     batch = resolve_row_batch(row_batch, device, n)
     with ExplainedPass(model, method, strict=strict) as explained:
         try:
@@ -428,12 +446,17 @@ class _RowPasses:
     logit at position ``positions[k]``. Both strategies give the same rows; they differ in what they repeat."""
 
     def __init__(self, adapter: ModelAdapter, embeds: torch.Tensor, *, positions: torch.Tensor,
-                 targets: list[int]) -> None:
+                 targets: list[int], progress: Callable[[int], None] | None = None) -> None:
         self.adapter, self.embeds, self.positions, self.targets = adapter, embeds, positions, targets
+        self.progress = progress  # called with the rows done so far (from 0 again if a strategy starts over)
         # the vocabulary projection only where a generated token is read: every backward then skips the
         # (positions × vocabulary) matmul of all other positions
         self.keep_only = adapter.accepts("logits_to_keep")
         self.answer_grad: torch.Tensor | None = None  # (1, tokens, dim), float64: the sum of the rows' gradients
+
+    def report(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress(done)
 
     def answer_scores(self, method: Method) -> torch.Tensor:
         """The whole answer's relevance: every rule's backward is linear in its seed, so the gradient of the sum
@@ -482,6 +505,7 @@ class _RowPasses:
         rows = []
         for k in range(n):
             rows += self._backward(explained, values[k: k + 1], leaf, retain=k < n - 1)
+            self.report(len(rows))
         return rows
 
     def batched(self, explained: ExplainedPass, batch: int | None = None, memory: CudaMemory | None = None) -> list[_Row]:
@@ -497,14 +521,16 @@ class _RowPasses:
         rows: list[_Row] = []
         first = 0
         while first < n:
+            sizing = memory if batch is None else None  # the first pass sizes the rest (memory given, checked above)
             copies = min(batch or 1, n - first)
-            held_before = memory.allocated() if batch is None else 0
+            held_before = sizing.allocated() if sizing is not None else 0
             leaf, logits = self._forward(explained, copies, self.positions[first: first + copies])
-            if batch is None:
-                held = memory.allocated() - held_before
-                batch = rows_that_fit(memory.available() + held, held, n - 1)
+            if sizing is not None:
+                held = sizing.allocated() - held_before
+                batch = rows_that_fit(sizing.available() + held, held, n - 1)
             own = torch.arange(copies)
             values = self._values(logits, own, own, range(first, first + copies))
             rows += self._backward(explained, values, leaf, retain=False)
             first += copies
+            self.report(len(rows))
         return rows

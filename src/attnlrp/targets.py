@@ -33,6 +33,7 @@ class Reading:
 
     @property
     def logits(self) -> torch.Tensor:
+        """The output's ``logits`` (an error that says how to get a head when the model has none)."""
         logits = getattr(self.output, "logits", None)
         if logits is None:
             raise ExplainError(
@@ -41,12 +42,21 @@ class Reading:
             )
         return logits
 
+    @property
+    def text(self) -> TokenizedPrompt:
+        """The prompt's tokens, for targets that read token positions (an image has none)."""
+        if self.prompt is None:
+            raise ExplainError("this target reads a token position, and the input is not text")
+        return self.prompt
+
 
 @runtime_checkable
 class TargetKind(Protocol):
     """Reads the explained scalar of one row (a 0-d tensor in the graph) and says what it is."""
 
-    def read(self, reading: Reading) -> tuple[torch.Tensor, Target]: ...
+    def read(self, reading: Reading) -> tuple[torch.Tensor, Target]:
+        """The explained value of ``reading.row`` (a 0-d tensor in the graph) and what it is."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class CustomTarget:
     function: Callable[[Any], torch.Tensor]
 
     def read(self, reading: Reading) -> tuple[torch.Tensor, Target]:
+        """The function's value for ``reading.row`` (it returns one value per row)."""
         value = self.function(reading.output)
         if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.shape[0] != reading.rows:
             raise ExplainError("a target function must return a 1-D tensor with one value per prompt")
@@ -69,6 +80,7 @@ class ClassTarget:
     label: int | str | None = None
 
     def read(self, reading: Reading) -> tuple[torch.Tensor, Target]:
+        """The logit of the chosen class (the predicted one by default)."""
         logits = reading.logits[reading.row]
         index, label = reading.adapter.class_index(self.label, logits)
         return logits[index], Target(kind="class", position=None, token_id=index, label=label)
@@ -85,10 +97,12 @@ class TokenTarget:
     kind = "token"
 
     def default_position(self, reading: Reading) -> int:
+        """The position explained when none is given (a plain ``TokenTarget`` needs one)."""
         raise ExplainError("give the position of the explained token (position=)")
 
     def read(self, reading: Reading) -> tuple[torch.Tensor, Target]:
-        prompt = reading.prompt
+        """The token's logit at the position (minus the contrast token's, if any)."""
+        prompt = reading.text
         position, kind = self.position, (self.kind if self.token is None else "token")
         if position is None:
             position = self.default_position(reading)
@@ -119,7 +133,8 @@ class NextToken(TokenTarget):
     kind = "next-token"
 
     def default_position(self, reading: Reading) -> int:
-        return len(reading.prompt) - 1
+        """The last position of the prompt."""
+        return len(reading.text) - 1
 
 
 @dataclass(frozen=True)
@@ -129,14 +144,17 @@ class MaskedToken(TokenTarget):
     kind = "masked-token"
 
     def default_position(self, reading: Reading) -> int:
+        """The prompt's first mask token."""
         mask_id = reading.tokenizer.mask_token_id
-        hits = [i for i, t in enumerate(reading.prompt.input_ids) if t == mask_id]
+        hits = [i for i, t in enumerate(reading.text.input_ids) if t == mask_id]
         if not hits:
             raise ExplainError("no mask token in the prompt: add one or pass position=")
         return hits[0]
 
 
 TargetSpec = Union[None, int, str, Callable[[Any], torch.Tensor], TargetKind]
+"""What ``target=`` accepts: ``None`` (the prediction), a token id or string, a function of the model's output
+(one value per row), or a :class:`TargetKind` such as :class:`NextToken`."""
 
 _TOKEN_TARGETS: dict[str, type[TokenTarget]] = {"masked-lm": MaskedToken}
 

@@ -83,6 +83,28 @@ def from_ids(
     return TokenizedPrompt(ids, tokens, special, _number_words(raw, tokens, special), None)
 
 
+def with_bos(tokenizer, prepared: TokenizedPrompt, add_bos: bool) -> TokenizedPrompt:
+    """``prepared`` starting with exactly one of the tokenizer's BOS token (``add_bos=True``: prepended unless the
+    tokenizer put it there already) or without a leading BOS (``False``: one the tokenizer added is dropped).
+    A prepended BOS is marked special: shown, but left out of rankings and colour scales by default."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    starts = bool(prepared.input_ids) and bos is not None and prepared.input_ids[0] == bos
+    if add_bos:
+        if bos is None:
+            raise ExplainError("add_bos=True but the tokenizer defines no BOS token (bos_token_id is None)")
+        if starts:
+            return prepared
+        token = getattr(tokenizer, "bos_token", None) or tokenizer.decode([bos])
+        return TokenizedPrompt([int(bos)] + list(prepared.input_ids), [str(token)] + list(prepared.tokens),
+                               [True] + list(prepared.special), [0] + [w + 1 for w in prepared.word_ids],
+                               prepared.text)
+    if not starts or len(prepared) < 2:
+        return prepared
+    first = prepared.word_ids[1]
+    return TokenizedPrompt(list(prepared.input_ids[1:]), list(prepared.tokens[1:]), list(prepared.special[1:]),
+                           [w - first for w in prepared.word_ids[1:]], prepared.text)
+
+
 def _number_words(raw: Sequence[int | None], tokens: Sequence[str], special: Sequence[bool]) -> list[int]:
     """Word index per token: the tokenizer's word ids where it has them, else a new word at whitespace."""
     numbers: list[int] = []

@@ -38,6 +38,7 @@ class ImageExplanation:
     covered: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The explanation as plain JSON-ready values."""
         return {
             "method": self.method,
             "gamma": {str(k if isinstance(k, str) else k.__name__): v for k, v in self.gamma.items()},
@@ -49,6 +50,7 @@ class ImageExplanation:
         }
 
     def to_json(self, **kwargs: Any) -> str:
+        """The explanation as JSON (``to_dict``; ``kwargs`` go to ``json.dumps``)."""
         return json.dumps(self.to_dict(), **kwargs)
 
     def save_png(self, path: str, *, patches: bool = True) -> None:

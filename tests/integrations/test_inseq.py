@@ -27,7 +27,7 @@ def model():
 
 
 def tokenizer():
-    # no BOS: inseq checks that a decoder-only model's decoded generation starts with the prompt text, which a
+    # no BOS (and add_bos=False on our side: inseq tokenizes the prompt itself and prepends nothing): inseq checks that a decoder-only model's decoded generation starts with the prompt text, which a
     # BOS token written out in front would break; inseq also sets the tokenizer's padding side, so each use gets
     # its own
     return word_tokenizer(bos=False)
@@ -51,7 +51,8 @@ def test_every_generated_token_equals_explain_generation(model, method):
     kwargs = {} if method == "attnlrp" else {"lrp_method": method}
     inseq_model = inseq.load_model(model, "attnlrp", tokenizer=tokenizer(), **kwargs)
     out = inseq_model.attribute(PROMPT, generation_args={"max_new_tokens": NEW_TOKENS}, show_progress=False)
-    g = attnlrp.explain_generation(model, tokenizer(), PROMPT, max_new_tokens=NEW_TOKENS, method=method)
+    g = attnlrp.explain_generation(model, tokenizer(), PROMPT, max_new_tokens=NEW_TOKENS, method=method,
+                                   add_bos=False)
     sequence = out.sequence_attributions[0]
     assert [t.id for t in sequence.target] == g.token_ids, "the same greedy generation"
     assert out.info["attributed_fn"] == "logit_fn", "the logit by default, as attnlrp explains"
@@ -71,9 +72,9 @@ def test_other_attributed_functions_and_unhook_restore_the_default(model):
     out = inseq_model.attribute(
         PROMPT, generation_args={"max_new_tokens": 1}, attributed_fn="probability", show_progress=False
     )
-    g = attnlrp.explain_generation(model, tokenizer(), PROMPT, max_new_tokens=1)
+    g = attnlrp.explain_generation(model, tokenizer(), PROMPT, max_new_tokens=1, add_bos=False)
     target = g.generated_ids[0]
-    e = attnlrp.Explainer(model, tokenizer())(
+    e = attnlrp.Explainer(model, tokenizer(), add_bos=False)(
         PROMPT, target=lambda output: output.logits[:, -1].softmax(-1)[:, target]
     )
     ours = inseq_rows(out, g.prompt_length, 1)[0, : g.prompt_length]
@@ -88,7 +89,7 @@ def test_relevance_is_signed_and_conserves_like_attnlrp(model):
     out = inseq_model.attribute(PROMPT, generation_args={"max_new_tokens": 2}, show_progress=False)
     rows = inseq_rows(out, len(PROMPT.split()), 2)
     assert (rows < 0).any() and (rows > 0).any()
-    g = attnlrp.explain_generation(model, tokenizer(), PROMPT, max_new_tokens=2)
+    g = attnlrp.explain_generation(model, tokenizer(), PROMPT, max_new_tokens=2, add_bos=False)
     for k, ledger in enumerate(g.ledgers):
         assert math.isclose(float(rows[k].sum()), ledger.input, rel_tol=1e-5)
 

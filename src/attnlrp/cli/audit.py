@@ -8,8 +8,9 @@ import json
 import warnings
 from typing import Any
 
-from ..core import method_names
-from .args import add_attn, add_device, add_dtype, add_json, add_loading_permissions, load_model
+from ..method_registry import method_names
+from .args import (add_attn, add_color, add_device, add_dtype, add_json, add_loading_permissions, add_quiet, load_model,
+                   style)
 from .failures import Inputs, image_inputs, model_must_run, text_inputs
 
 AUDIT_PROMPT = "The quick brown fox jumps over the lazy dog because it"
@@ -29,7 +30,9 @@ def register(subparsers: Any) -> None:
     add_dtype(parser)
     add_device(parser)
     add_attn(parser)
+    add_color(parser)
     add_loading_permissions(parser)
+    add_quiet(parser)
     parser.set_defaults(run=run)
 
 
@@ -94,16 +97,19 @@ def run(args: argparse.Namespace) -> int:
             "blocks": [b.to_dict() for b in balances.balances if b.complete],
         }, ensure_ascii=False))
         return 0 if ok else 1
-    print(f"model: {loaded.source}\nmethod: {args.method}\n\ncovered operations:")
+    s = style(args)
+    print(f"model: {loaded.source}\nmethod: {args.method}\n\n{s.bold}covered operations:{s.reset}")
     for row in explanation.covered:
         print(f"  {row['count']:6d} x  {row['operation']:<40} {row['rule']}")
-    print("\nwithout a rule:")
+    print(f"\n{s.bold}without a rule:{s.reset}")
     for row in explanation.unhandled:
-        print(f"  {row['count']:6d} x  {row['operation']:<20} in {row['module']} ({row['module_type']})")
+        print(f"  {s.red}{row['count']:6d} x  {row['operation']:<20} in {row['module']} ({row['module_type']})"
+              f"{s.reset}")
     if not explanation.unhandled:
-        print("  none: every non-linear operation had a rule")
-    print(f"\nledger: input {ledger.input:+.6f} + absorbed {ledger.absorbed:+.6f} = value {ledger.value:+.6f} "
-          f"(residual {ledger.residual:+.2e}, {'balanced' if ledger.balanced() else 'NOT balanced'})")
+        print(f"  {s.green}none{s.reset}: every non-linear operation had a rule")
+    verdict = f"{s.green}balanced{s.reset}" if ledger.balanced() else f"{s.red}NOT balanced{s.reset}"
+    print(f"\n{s.bold}ledger:{s.reset} input {ledger.input:+.6f} + absorbed {ledger.absorbed:+.6f} = value "
+          f"{ledger.value:+.6f} (residual {ledger.residual:+.2e}, {verdict})")
     for site, amount in sorted(ledger.by_site.items()):
         print(f"  absorbed by {site}: {amount:+.6f}")
     if not ledger.balanced():

@@ -1,7 +1,7 @@
 """``attnlrp concepts build …`` and ``attnlrp concepts show LAYER NEURON …``: the concept atlas on the command line.
 
 Thin: parses, calls :mod:`attnlrp.concepts`, prints. Errors are :class:`AtlasError` (an ``ExplainError``), which
-:func:`attnlrp.cli.main` prints as one line with exit status 2.
+:func:`attnlrp.cli.main` prints as one line with exit status 2 (a usage error).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 import time
 from typing import Any
 
-from ..core import method_names
-from .args import (MODEL_HELP, add_color, add_device, add_dtype, add_html, add_json, add_loading_permissions,
-                   add_model, load_model, use_color)
+from ..method_registry import method_names
+from .args import (MODEL_HELP, add_attn, add_color, add_device, add_dtype, add_html, add_json, add_loading_permissions,
+                   add_model, add_quiet, input_file, load_model, positive_int, show_progress, use_color)
 from .failures import Inputs, model_must_run, text_inputs
 
 
@@ -36,25 +36,28 @@ def register(subparsers: Any) -> None:
         "0 writes the one atlas, the same one a single process builds (docs/distributed.md).",
     )
     add_model(build, help=f"{MODEL_HELP}; also names the default --db")
-    build.add_argument("--corpus", default=None, metavar="FILE",
+    build.add_argument("--corpus", type=input_file, default=None, metavar="FILE",
                        help="UTF-8 text file, one document per paragraph (default: the Python documentation "
                        "text CPython ships, pydoc_data.topics)")
     build.add_argument("--layers", default=None,
                        help="comma-separated layer indices or 'all' (default: three at 1/4, 1/2 and 3/4 depth)")
-    build.add_argument("--top-k", type=int, default=10, help="samples per neuron and ranking (default: 10)")
-    build.add_argument("--window", type=int, default=48, help="text tokens per window (default: 48)")
-    build.add_argument("--limit", type=int, default=None, metavar="N", help="stop after the first N windows")
+    build.add_argument("--top-k", type=positive_int, default=10, help="samples per neuron and ranking (default: 10)")
+    build.add_argument("--window", type=positive_int, default=48, help="text tokens per window (default: 48)")
+    build.add_argument("--limit", type=positive_int, default=None, metavar="N", help="stop after the first N windows")
     build.add_argument("--db", default=None, metavar="PATH",
                        help="the atlas file (default: $ATTNLRP_CACHE or ~/.cache/attnlrp, concepts-<model>.sqlite)")
-    build.add_argument("--batch-size", type=int, default=8, help="windows per explained pass (default: 8)")
-    build.add_argument("--chunk-size", type=int, default=64,
+    build.add_argument("--batch-size", type=positive_int, default=8, help="windows per explained pass (default: 8)")
+    build.add_argument("--chunk-size", type=positive_int, default=64,
                        help="windows per committed chunk, a multiple of --batch-size (default: 64)")
     build.add_argument("--method", default="attnlrp", choices=method_names(has_unit_relevance=True),
                        help="relevance for RelMax (default: attnlrp)")
     add_dtype(build)
     add_device(build)
-    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_attn(build)
+    add_color(build)
+    build.add_argument("--no-progress", action="store_true", help="no progress bar (as --quiet)")
     add_loading_permissions(build)
+    add_quiet(build)
     build.set_defaults(run=_build)
 
     show = commands.add_parser(
@@ -66,10 +69,11 @@ def register(subparsers: Any) -> None:
     show.add_argument("--db", default=None, metavar="PATH", help="the atlas file (default: that of --model)")
     add_model(show, help="only names the default --db (as for build)")
     show.add_argument("--by", choices=("actmax", "relmax", "both"), default="both", help="ranking (default: both)")
-    show.add_argument("--top", type=int, default=None, metavar="N", help="show only the first N samples")
+    show.add_argument("--top", type=positive_int, default=None, metavar="N", help="show only the first N samples")
     add_html(show, help="write an HTML page to FILE")
     add_json(show)
     add_color(show)
+    add_quiet(show)
     show.set_defaults(run=_show)
 
 
@@ -98,7 +102,7 @@ def _build(args: argparse.Namespace) -> int:
                 atlas = build_atlas(
                     loaded.model, loaded.tokenizer, args.corpus, db, layers=layers, top_k=args.top_k,
                     window=args.window, batch_size=args.batch_size, chunk_size=args.chunk_size, limit=args.limit,
-                    method=args.method, model_name=loaded.source.split(" (")[0], progress=not args.no_progress,
+                    method=args.method, model_name=loaded.source.split(" (")[0], progress=show_progress(args),
                 )  # model_name: the source without its cache path
         except KeyboardInterrupt:
             if rank == 0:
@@ -132,11 +136,9 @@ def _first_window(loaded: Any, args: argparse.Namespace) -> Inputs:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ..concepts import Atlas, AtlasError, default_db_path
+    from ..concepts import Atlas, default_db_path
     from ..concepts.render import concept_dict, concept_html, concept_terminal
 
-    if args.top is not None and args.top < 1:
-        raise AtlasError(f"--top must be at least 1, got {args.top}")
     kinds = ("actmax", "relmax") if args.by == "both" else (args.by,)
     with Atlas.open(args.db or default_db_path(args.model)) as atlas:
         groups = {kind: atlas.samples(args.layer, args.neuron, by=kind)[: args.top] for kind in kinds}

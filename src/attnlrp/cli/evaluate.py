@@ -7,16 +7,17 @@ import argparse
 import json
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..evaluation.names import TASK_NAMES
+from .args import (Style, add_attn, add_color, add_device, add_dtype, add_loading_permissions, add_model, add_quiet,
+                   input_file, load_model, positive_int, progress_bar, show_progress, style)
 from .failures import Inputs, model_must_run, text_inputs
 
-def register(commands: Any) -> None:
-    from ..evaluation.tasks import TASK_NAMES
 
+def register(commands: Any) -> None:
     parser = commands.add_parser(
         "evaluate",
         help="faithfulness of attribution methods: perturbation curves, ABPC, paired comparisons",
@@ -25,8 +26,9 @@ def register(commands: Any) -> None:
         "one JSON object per line with 'text' and optionally 'target', 'contrast', 'id'). Under torchrun the "
         "samples are split across the processes and the results merged.",
     )
-    parser.add_argument("--model", default=None, help="as for explain --model (default: embedded SmolLM2)")
-    parser.add_argument("--data", default=None, metavar="FILE.jsonl", help="evaluate on your own samples")
+    add_model(parser, help="as for explain --model (default: embedded SmolLM2)")
+    parser.add_argument("--data", type=input_file, default=None, metavar="FILE.jsonl",
+                        help="evaluate on your own samples")
     parser.add_argument("--task", default=None,
                         help=f"built-in tasks, comma-separated, or 'all' ({', '.join(TASK_NAMES)}; "
                         f"default without --data: all)")
@@ -35,11 +37,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--perturbation", default="replace,zero",
                         help="replace (flipped tokens become a neutral token) and/or zero (embedding zeroed); "
                         "default both; 'none' for the qa task: plausibility only, no flipping")
-    parser.add_argument("--samples", type=int, default=None, metavar="N",
+    parser.add_argument("--samples", type=positive_int, default=None, metavar="N",
                         help="samples per task, the first N of its fixed order (default: the whole task)")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="flipping steps per curve (default: one token per step)")
-    parser.add_argument("--batch-size", type=int, default=32, help="perturbed inputs per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=32,
+                        help="perturbed inputs per forward pass (default: 32)")
     parser.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                         help="an option of one method, e.g. integrated-gradients.max_steps=32 or "
                         "kernel-shap.samples=128 (repeatable)")
@@ -50,7 +53,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--force", action="store_true",
                         help="let --records replace an existing file (never one the run reads); it is replaced "
                         "only once the new records are written in full")
-    parser.add_argument("--merge", nargs="+", default=None, metavar="FILE.jsonl",
+    parser.add_argument("--merge", nargs="+", type=input_file, default=None, metavar="FILE.jsonl",
                         help="run nothing: summarise records written by earlier runs (--records), e.g. one run "
                         "per task, into one set of results")
     parser.add_argument("--output-dir", default=None,
@@ -59,11 +62,14 @@ def register(commands: Any) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print the results as JSON: method → result for one task and perturbation, "
                         "else task:perturbation → method → result")
-    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
-    parser.add_argument("--device", default=None,
-                        help="the text model's device: cpu (default), cuda, cuda:N or mps; under torchrun, cuda is "
-                        "each process's own GPU (that of its LOCAL_RANK)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on standard error")
+    add_dtype(parser)
+    add_device(parser, help="the text model's device: cpu (default), cuda, cuda:N or mps; under torchrun, cuda is "
+               "each process's own GPU (that of its LOCAL_RANK)")
+    add_attn(parser)
+    add_color(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on standard error (as --quiet)")
+    add_loading_permissions(parser)
+    add_quiet(parser)
     parser.set_defaults(run=run)
 
 
@@ -99,7 +105,6 @@ def parse_options(specs: list[str]) -> dict[str, dict[str, Any]]:
 
 def _tasks(args: argparse.Namespace) -> list[str]:
     from ..errors import ExplainError
-    from ..evaluation.tasks import TASK_NAMES
 
     if args.data and args.task:
         raise ExplainError("give either --data (your samples) or --task (built-in tasks), not both")
@@ -113,33 +118,28 @@ def _tasks(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..errors import ExplainError
     from ..evaluation import data, runner, tasks as evaluation_tasks
     from ..distributed import distributed, gather, shard
     from ..evaluation.records import write_records
     from ..evaluation.report import run_info
     from ..evaluation.summary import mean_curves, summarise
-    from ..models import load_model
 
     _check_outputs(args)
     if args.merge:
         return _merge(args)
     names = _tasks(args)
-    if args.samples is not None and args.samples < 1:
-        raise ExplainError(f"--samples must be a positive number of samples, got {args.samples}")
-    if args.steps is not None and args.steps < 1:
-        raise ExplainError(f"--steps must be positive, got {args.steps}")
     modes = [] if args.perturbation.strip() == "none" else runner.check_modes(_split(args.perturbation))
     if not modes and (args.data or set(names) - {"qa"}):
         raise ExplainError("--perturbation none measures plausibility only, which only the qa task has; give "
                            "replace and/or zero for the other tasks")
     settings = evaluation_tasks.Settings(
-        evaluation_tasks.LanguageModel(lambda: load_model(args.model, dtype=args.dtype, device=args.device)),
+        evaluation_tasks.LanguageModel(lambda: load_model(args)),
         modes=modes, steps=args.steps, batch_size=args.batch_size, options=parse_options(args.option),
     )
-    tasks = [evaluation_tasks.TextTask.from_jsonl(args.data, settings)] if args.data else []
+    tasks: list[evaluation_tasks.Task] = []
+    if args.data:
+        tasks.append(evaluation_tasks.TextTask.from_jsonl(args.data, settings))
     tasks += [evaluation_tasks.build_task(name, settings) for name in names]
     methods = evaluation_tasks.check_methods(tasks, _split(args.methods))
     started = time.time()
@@ -149,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
         except data.DataError as error:
             raise ExplainError(str(error)) from None
         total = sum(len(shard(items, rank, world)) for _, items in jobs)
-        bar = tqdm(total=total, desc=f"evaluate (process {rank + 1}/{world})", unit="sample",
-                   disable=args.no_progress or rank != 0 and world > 1, file=sys.stderr)
+        bar = progress_bar(args, total=total, desc=f"evaluate (process {rank + 1}/{world})", unit="sample",
+                           leave=True, disable=not show_progress(args) or rank != 0 and world > 1)
         records: list[dict[str, Any]] = []
         extra: dict[str, Any] = {}
         try:
@@ -295,18 +295,18 @@ def _report(args: argparse.Namespace, summary: dict[str, Any], curves: dict[str,
         shown = next(iter(summary.values())) if len(summary) == 1 else summary
         print(json.dumps(shown, ensure_ascii=False, allow_nan=True))
     else:
-        print(_table(summary))
+        print(_table(summary, style(args)))
         if args.output_dir:
             print(f"\nresults written to {args.output_dir}")
     return 0
 
 
-def _table(summary: dict[str, Any]) -> str:
+def _table(summary: dict[str, Any], s: Style = Style()) -> str:
     from ..render.escape import terminal_text
 
     lines = []
     for task, table in summary.items():
-        lines.append(f"{terminal_text(task)}")
+        lines.append(f"{s.bold}{terminal_text(task)}{s.reset}")
         if not any("abpc" in entry for entry in table.values()):  # plausibility only
             lines.append(f"  {'method':<22} {'top-1 in span':>14} {'IoU top-k':>18} {'s/sample':>9}")
             for method, entry in sorted(table.items(), key=lambda kv: -kv[1].get("top1_in_span", -1.0)):

@@ -5,6 +5,9 @@ too, the model itself (its checkpoint, config or code) is broken, which the user
 
 Every command that runs a model wraps that run in :func:`model_must_run`; :func:`attnlrp.cli.main` prints
 :class:`ModelForwardError`. The plain forward is only ever run after a failure, so a working run costs nothing.
+
+The exit status follows whose mistake it is, and when it is found: :func:`usage_errors` (the request is wrong,
+found before any work) give 2, like argparse's own; :func:`runtime_errors` (the work failed) give 1.
 """
 
 from __future__ import annotations
@@ -28,26 +31,45 @@ class ModelForwardError(Exception):
         self.failure = failure
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions :func:`attnlrp.cli.main` reports as one ``error: …`` line (exit status 2): defined once, so
-    that what counts as the user's mistake is the same for the exit status and for :func:`model_must_run`."""
-    from ..core import UnhandledOperationError
+def usage_errors() -> tuple[type[BaseException], ...]:
+    """What :func:`attnlrp.cli.main` reports as one ``error: …`` line with exit status 2, as argparse does a bad
+    option: the request cannot be done as asked, which the library finds before any work: an input it refuses
+    (an empty prompt, a target not in the vocabulary, an option that does not fit: ``ExplainError`` and its kinds,
+    as ``AtlasError``), or a model or device that cannot be loaded from what was named (``ModelLoadError``)."""
     from ..errors import ExplainError
     from ..models import ModelLoadError
 
-    return (ExplainError, ModelLoadError, UnhandledOperationError, OSError)
+    return (ExplainError, ModelLoadError)
+
+
+def runtime_errors() -> tuple[type[BaseException], ...]:
+    """What :func:`attnlrp.cli.main` reports as one ``error: …`` line with exit status 1: the work failed: the
+    model's own forward (:class:`ModelForwardError`), an operation without a rule under ``--strict``
+    (``UnhandledOperationError``), a file that cannot be read or written (``OSError``). Any other exception is a
+    bug, and keeps its traceback (exit status 1 too)."""
+    from ..core import UnhandledOperationError
+
+    return (ModelForwardError, UnhandledOperationError, OSError)
+
+
+def _not_the_models() -> tuple[type[BaseException], ...]:
+    """Failures that say nothing about the model: :func:`model_must_run` lets them pass as they are."""
+    from ..core import UnhandledOperationError
+
+    return (*usage_errors(), UnhandledOperationError, OSError)
 
 
 @contextlib.contextmanager
 def model_must_run(model: Callable[[], Any], inputs: Inputs | Iterable[Inputs]) -> Iterator[None]:
-    """Run the block; when it fails with anything but a user error (or ``KeyboardInterrupt``), run ``model()``'s
-    plain forward on ``inputs`` (one builder, or several tried in order until one fails): a failure there is
-    raised as :class:`ModelForwardError` (the block's exception is its cause); otherwise the block's exception
-    propagates unchanged. ``model`` is a callable so that a model loaded inside the block can be checked; it may
-    return ``None`` (nothing was loaded: nothing to blame)."""
+    """Run the block; when it fails with anything but a usage error, an operation without a rule under
+    ``--strict`` or an ``OSError`` (or ``KeyboardInterrupt``), run ``model()``'s plain forward on ``inputs`` (one
+    builder, or several tried in order until one fails): a failure there is raised as :class:`ModelForwardError`
+    (the block's exception is its cause); otherwise the block's exception propagates unchanged. ``model`` is a
+    callable so that a model loaded inside the block can be checked; it may return ``None`` (nothing was loaded:
+    nothing to blame)."""
     try:
         yield
-    except user_errors():
+    except _not_the_models():
         raise
     except Exception as error:
         try:

@@ -6,9 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from ..core import method_names
 from ..errors import ExplainError
-from .args import add_html, add_json, add_model_arguments, add_prompt, load_model, read_prompt
+from ..method_registry import method_names
+from .args import (add_color, add_html, add_json, add_model_arguments, add_prompt, add_quiet, load_model, positive_int,
+                   read_prompt, style)
 from .failures import model_must_run, text_inputs
 from .output import report_unruled_operations
 
@@ -24,20 +25,20 @@ def register(subparsers: Any) -> None:
         "output projection; `attnlrp steer` switches neurons off by the same names.",
     )
     add_prompt(parser)
-    parser.add_argument("--top", type=int, default=10, metavar="K", help="how many neurons (default: 10)")
+    parser.add_argument("--top", type=positive_int, default=10, metavar="K", help="how many neurons (default: 10)")
     parser.add_argument("--method", default="attnlrp", choices=NEURON_METHODS, help="attribution method (default: attnlrp)")
     parser.add_argument("--layer", type=int, default=None, metavar="L", help="rank only the neurons of layer L")
     add_json(parser, help='print [{"layer": …, "neuron": …, "relevance": …, "activation": …}, …]')
     add_html(parser, help="write the latent relevance view to FILE")
+    add_color(parser)
     add_model_arguments(parser)
+    add_quiet(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..explain import Explainer
 
-    if args.top < 1:
-        raise ExplainError(f"--top takes a positive number of neurons, got {args.top}")
     prompt = read_prompt(args)
     loaded = load_model(args)
     explainer = Explainer(loaded.model, loaded.tokenizer, method=args.method, model_name=loaded.source)
@@ -65,13 +66,17 @@ def _table(explanation: Any, scores: list, args: argparse.Namespace) -> str:
 
     target = explanation.target
     where = "the whole model" if args.layer is None else f"layer {args.layer}"
+    st = style(args)
     lines = [
-        f"predicted next token: {terminal_text(repr(target.token))} (id {target.token_id}, logit {explanation.value:+.4f})",
+        f"predicted next token: {st.bold}{terminal_text(repr(target.token))}{st.reset} (id {target.token_id}, "
+        f"logit {explanation.value:+.4f})",
         f"method: {args.method}; the {len(scores)} most relevant MLP neurons of {where} "
         "(relevance summed over the prompt's tokens)",
         "",
-        f"{'rank':>4}  {'neuron':>10}  {'relevance':>11}  {'max activation':>14}",
+        f"{st.bold}{'rank':>4}  {'neuron':>10}  {'relevance':>11}  {'max activation':>14}{st.reset}",
     ]
     for rank, s in enumerate(scores, 1):
-        lines.append(f"{rank:>4}  {f'{s.layer}:{s.neuron}':>10}  {s.relevance:>+11.4f}  {s.activation:>+14.4f}")
+        sign = st.red if s.relevance > 0 else st.blue if s.relevance < 0 else ""  # the heatmap's colours
+        lines.append(f"{rank:>4}  {f'{s.layer}:{s.neuron}':>10}  {sign}{s.relevance:>+11.4f}{st.reset}"
+                     f"  {s.activation:>+14.4f}")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from .args import add_color, add_json, add_model_arguments, add_prompt, load_model, read_prompt, use_color
+from .args import (add_color, add_json, add_model_arguments, add_prompt, add_quiet, load_model, non_negative_int,
+                   read_prompt, style)
 from .failures import model_must_run, text_inputs
 
 
@@ -24,12 +25,13 @@ def register(subparsers: Any) -> None:
                         help="multiply these neurons by F")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="L:N=V", dest="set_to",
                         help="set these neurons to V")
-    parser.add_argument("--generate", type=int, default=20, metavar="N",
+    parser.add_argument("--generate", type=non_negative_int, default=20, metavar="N",
                         help="greedy tokens to generate before and after (default: 20; 0: none)")
     add_json(parser, help='print {"before": {...}, "after": {...}} with the next token, logit, log-probability '
              "and generated text")
     add_color(parser)
     add_model_arguments(parser)
+    add_quiet(parser)
     parser.set_defaults(run=run)
 
 
@@ -39,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
     if not (args.off or args.scale or args.set_to):
         raise SteeringError("no neuron given: name at least one with --off L:N, --scale L:N=F or --set L:N=V "
                             "(`attnlrp neurons PROMPT` lists the relevant ones)")
-    if args.generate < 0:
-        raise SteeringError(f"--generate takes 0 or more tokens, got {args.generate}")
     off = [parse_neuron(text) for text in args.off]
     scale = _mapping([parse_neuron_value(text) for text in args.scale], "--scale")
     set_to = _mapping([parse_neuron_value(text) for text in args.set_to], "--set")
@@ -72,7 +72,8 @@ def _view(result: Any, args: argparse.Namespace) -> str:
     """Side by side: next token, the original token's logit and log-probability; then both generations."""
     from ..render.escape import terminal_text
 
-    bold, dim, reset = ("\x1b[1m", "\x1b[2m", "\x1b[0m") if use_color(args) else ("", "", "")
+    s = style(args)
+    bold, dim, reset = s.bold, s.dim, s.reset
     before, after = result.before, result.after
     reference = terminal_text(repr(result.reference_token))
     rows = [

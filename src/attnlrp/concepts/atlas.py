@@ -58,6 +58,7 @@ class Sample:
         return self.activations if self.kind == "actmax" else self.relevance
 
     def to_dict(self) -> dict[str, Any]:
+        """The sample as plain JSON-ready values."""
         return {"rank": self.rank, "score": self.score, "window": self.window, "document": self.document,
                 "start": self.start, "position": self.position, "token": self.token, "text": self.text,
                 "prefix": self.prefix, "first_scored": self.first_scored, "tokens": self.tokens,
@@ -88,6 +89,7 @@ class Atlas:
         return cls(path, meta, conn)
 
     def close(self) -> None:
+        """Close the atlas's database connection (``with Atlas.open(…)`` does it on exit)."""
         self._conn.close()
 
     def __enter__(self) -> "Atlas":
@@ -99,6 +101,7 @@ class Atlas:
     # ---------------------------------------------------------------------------------------- description
     @property
     def layers(self) -> list[int]:
+        """The layers the atlas covers."""
         return list(self.meta["layers"])
 
     @property
@@ -108,6 +111,7 @@ class Atlas:
 
     @property
     def top_k(self) -> int:
+        """How many samples the atlas keeps per neuron and kind."""
         return int(self.meta["top_k"])
 
     @property
@@ -122,10 +126,12 @@ class Atlas:
 
     @property
     def chunks_done(self) -> int:
+        """Committed chunks of the corpus."""
         return chunks_done(self._conn)
 
     @property
     def complete(self) -> bool:
+        """Whether every window of the corpus is in the atlas."""
         return self.windows_done >= self.windows_total
 
     def describe(self) -> dict[str, Any]:

@@ -23,8 +23,6 @@ from typing import Iterable, Sequence, Union
 
 from .errors import AtlasError
 
-CorpusSpec = Union["Corpus", str, os.PathLike, Sequence[str], None]
-
 
 @dataclass(frozen=True)
 class Corpus:
@@ -42,6 +40,10 @@ class Corpus:
             digest.update(len(data).to_bytes(8, "little"))
             digest.update(data)
         return digest.hexdigest()
+
+
+CorpusSpec = Union[Corpus, str, os.PathLike, Sequence[str], None]
+"""What ``load_corpus`` takes: a ``Corpus``, a path, a list of documents, or ``None`` for the default corpus."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from ..render.colors import relevance_rgb, symmetric_scale
 from ..render.escape import html_text, html_token, terminal_text, token_repr
 from ..render.html import HEATMAP_CSS, class_prefix, css_rgb, document
+from ..render.terminal import resolve_color
 from .atlas import Sample
 
 TITLES = {
@@ -60,8 +61,12 @@ def _terminal_tokens(sample: Sample, scale: float, color: bool) -> str:
 
 
 def concept_terminal(info: Mapping[str, Any], layer: int, neuron: int, groups: Mapping[str, list[Sample]], *,
-                     color: bool = True) -> str:
-    """Header, then per ranking one block per sample: rank, score, peak token, and the window's tokens."""
+                     color: bool | None = None) -> str:
+    """Header, then per ranking one block per sample: rank, score, peak token, and the window's tokens.
+
+    ``color``: ANSI colours, ``[token|value]`` markers, or ``None`` (default): colours only when standard output is
+    a terminal and ``NO_COLOR`` is unset (:func:`attnlrp.render.resolve_color`)."""
+    color = resolve_color(color)
     done, total = info["windows_done"], info["windows_total"]
     coverage = f"{done} of {total} windows" + ("" if done >= total else " (partial atlas)")
     lines = [f"layer {layer}, neuron {neuron}",

@@ -114,6 +114,7 @@ def open_for_build(path: Path, meta: dict[str, Any]) -> tuple[sqlite3.Connection
                 conn.executemany("INSERT INTO meta VALUES (?, ?)",
                                  [(key, json.dumps(value)) for key, value in meta.items()])
             run = conn.execute("INSERT INTO runs (pid, started) VALUES (?, ?)", (os.getpid(), time.time())).lastrowid
+            assert run is not None  # an INSERT sets lastrowid
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

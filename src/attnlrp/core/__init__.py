@@ -5,7 +5,9 @@ from .audit import Audit, UnhandledOp, UnhandledOperationError, warn_unruled
 from .context import LRPContext, lrp
 from .explained_pass import BackwardResult, ExplainedPass
 from .ledger import Ledger, LedgerReport, SharedAbsorptionError
-from .methods import Method, MethodSpec, get_method, method_names, register, relevance_per_token, unregister
+# the registry (also as attnlrp.core.methods) lives outside core and imports no torch: the command line lists the
+# methods without it
+from ..method_registry import Method, MethodSpec, get_method, method_names, register, relevance_per_token, unregister
 
 __all__ = [
     "Audit",

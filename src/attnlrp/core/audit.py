@@ -31,15 +31,19 @@ class Audit:
     unhandled: Counter = field(default_factory=Counter)  # UnhandledOp -> count
 
     def cover(self, rule: str, op: str) -> None:
+        """Count one operation that ``rule`` covered."""
         self.covered[(rule, op)] += 1
 
     def flag(self, op: UnhandledOp) -> None:
+        """Count one non-linear operation that ran without a rule."""
         self.unhandled[op] += 1
 
     def covered_table(self) -> list[dict]:
+        """The covered operations as rows ``{rule, operation, count}``, sorted."""
         return [{"rule": r, "operation": o, "count": n} for (r, o), n in sorted(self.covered.items())]
 
     def unhandled_list(self) -> list[dict]:
+        """The unruled operations as rows ``{operation, module, module_type, count}``, sorted."""
         return [
             {"operation": u.op, "module": u.module, "module_type": u.module_type, "count": n}
             for u, n in sorted(self.unhandled.items(), key=lambda kv: str(kv[0]))

@@ -43,5 +43,7 @@ def rule_recomputation(module: nn.Module, run_ruled: Callable[[Callable[..., Any
     layer's checkpoint function (per instance) so that ``run_ruled(function)`` runs the re-run under the rules.
     Returns the undo."""
     original = module.__dict__["_gradient_checkpointing_func"]
-    module._gradient_checkpointing_func = lambda function, *args, **kwargs: original(run_ruled(function), *args, **kwargs)
+    # setattr: nn.Module's attribute type (Tensor | Module) does not cover a plain function
+    setattr(module, "_gradient_checkpointing_func",
+            lambda function, *args, **kwargs: original(run_ruled(function), *args, **kwargs))
     return lambda: setattr(module, "_gradient_checkpointing_func", original)

@@ -23,8 +23,8 @@ from .rules import RuleFunction
 from .ledger import Ledger
 from .methods import Method
 
-#: tensor attribute that marks attention probabilities ("softmax") and gate activations ("activation")
 ROLE = "_attnlrp_role"
+"""Tensor attribute that marks attention probabilities (``"softmax"``) and gate activations (``"activation"``)."""
 
 
 class RuleState(Protocol):
@@ -36,11 +36,17 @@ class RuleState(Protocol):
     norm_depth: int
     hooked_biases: set[int]
 
-    def flag(self, op: str) -> None: ...
+    def flag(self, op: str) -> None:
+        """Report a non-linear operation that ran without a rule (raises in strict mode)."""
+        ...
 
-    def report_function(self, tensor: torch.Tensor) -> None: ...
+    def report_function(self, tensor: torch.Tensor) -> None:
+        """Report the output of a custom autograd Function that no rule covers (once per Function)."""
+        ...
 
-    def current_module_type(self) -> str: ...
+    def current_module_type(self) -> str:
+        """The class name of the innermost module running now."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,14 @@ class Call:
 
 
 Handler = Callable[[RuleState, Call], Any]
+"""An operation rule: ``handler(state, call)`` runs the intercepted call under its rule and returns the result
+(or ``NOT_APPLICABLE``)."""
 NOT_APPLICABLE = object()
+"""What a handler returns when its rule does not apply to this call: the call is then treated as one without a
+rule (it runs as it is, and is reported when it mixes input-dependent tensors into its output)."""
 
-#: operation name -> handler: the one registration point of the operation rules
 OPERATION_RULES: dict[str, Handler] = {}
+"""Operation name → handler: the one registration point of the operation rules (see :func:`handles`)."""
 
 
 def handles(*names: str) -> Callable[[Handler], Handler]:

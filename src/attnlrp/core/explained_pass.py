@@ -59,22 +59,27 @@ class ExplainedPass(AbstractContextManager):
     # ---------------------------------------------------------------------------------------------- state
     @property
     def method(self) -> Method:
+        """The method whose rules this pass applies."""
         return self.context.method
 
     @property
     def audit(self) -> Audit:
+        """Which rule covered which operation, and what ran without one."""
         return self.context.audit
 
     @property
     def ledger(self) -> Ledger:
+        """The relevance absorbed on the way back (biases, constants, stabilisers), per site."""
         return self.context.ledger
 
     @property
     def unhandled(self) -> list[dict]:
+        """Non-linear operations on input-dependent tensors that no rule covered (``Audit.unhandled_list``)."""
         return self.audit.unhandled_list()
 
     @property
     def covered(self) -> list[dict]:
+        """What each rule covered, with counts (``Audit.covered_table``)."""
         return self.audit.covered_table()
 
     # ------------------------------------------------------------------------------------------ lifecycle

@@ -6,7 +6,7 @@ constant absorbs) and delegates the gradient arithmetic to the small autograd fu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -141,16 +141,15 @@ def product(state: RuleState, call: Call) -> Any:
     if name == "__imul__":
         name, func = "mul", torch.mul  # the rule's result is rebound by `x *= y`
     state.audit.cover(f"product ({state.method.name})", name)
-    operands = list(operands)
     held = [i for i in dependent if _held_constant(state, operands[i])]
     if held:
-        operands = [a.detach() if i in held else a for i, a in enumerate(operands)]
+        ruled = [a.detach() if i in held else a for i, a in enumerate(operands)]
     else:
         share = 1.0 / len(dependent)
-        operands = [rules.scale_gradient(a, share) if i in dependent else a for i, a in enumerate(operands)]
+        ruled = [rules.scale_gradient(a, share) if i in dependent else a for i, a in enumerate(operands)]
     if equation is not None:
-        return func(equation, *operands, **kwargs)
-    return func(*operands, *args[2:], **kwargs)
+        return func(equation, *ruled, **kwargs)
+    return func(*ruled, *args[2:], **kwargs)
 
 
 #: which of a Method's settings decides how a factor with a role is treated in a product
@@ -275,7 +274,9 @@ def add_product(state: RuleState, call: Call) -> Any:
     params.update(call.kwargs)
     if not (requires_grad(params.get("batch1")) and requires_grad(params.get("batch2"))):
         return NOT_APPLICABLE  # linear in its input-dependent arguments: as it is
-    product_of = {"baddbmm": torch.bmm, "addbmm": lambda a, b: torch.bmm(a, b).sum(0)}[call.name]
+    products: dict[str, Callable[..., torch.Tensor]] = {"baddbmm": torch.bmm,
+                                                        "addbmm": lambda a, b: torch.bmm(a, b).sum(0)}
+    product_of = products[call.name]
     name = "bmm" if call.name == "baddbmm" else "addbmm"
     product = OPERATION_RULES["bmm"](state, Call(product_of, name, (params["batch1"], params["batch2"]), {}))
     beta, alpha = params.get("beta", 1), params.get("alpha", 1)

@@ -33,6 +33,7 @@ class Ledger:
         self.shared: dict[str, torch.Tensor] = {}
 
     def absorb(self, site: str, amount: torch.Tensor) -> None:
+        """Add ``amount`` (one value per leading row of the tensor a rule saw) to what ``site`` absorbed."""
         amount = amount.detach()
         if amount.device.type == "mps":  # no float64 there
             amount = amount.cpu()
@@ -46,6 +47,8 @@ class Ledger:
         self.by_site[site] = amount if previous is None else previous + amount
 
     def absorb_shared(self, site: str, amount: torch.Tensor) -> None:
+        """Add ``amount``, absorbed by a tensor shared by all rows of the batch, to ``site`` (summed: it has no
+        rows)."""
         total = amount.detach().to(torch.float64).sum().cpu()
         self.shared[site] = total if site not in self.shared else self.shared[site] + total
 
@@ -57,6 +60,7 @@ class Ledger:
         return float(sum(float(t.sum()) for t in self.by_site.values()) + sum(float(t) for t in self.shared.values()))
 
     def reset(self) -> None:
+        """Forget everything absorbed so far (before the next backward pass)."""
         self.by_site.clear()
         self.shared.clear()
 
@@ -73,17 +77,19 @@ class Ledger:
             rows = amount.reshape(batch_size, -1).sum(dim=1)
             folded[site] = folded[site] + rows if site in folded else rows
         for site, shared in self.shared.items():
-            amount = float(shared)
-            if batch_size != 1 and amount != 0.0:
+            total = float(shared)
+            if batch_size != 1 and total != 0.0:
                 raise SharedAbsorptionError(
                     f"relevance absorbed at '{site}' is shared by all prompts of the batch and cannot be split "
                     "per prompt; explain these prompts one at a time"
                 )
-            value = torch.tensor([amount], dtype=torch.float64)
+            value = torch.tensor([total], dtype=torch.float64)
             folded[site] = folded[site] + value if site in folded else value
         return folded
 
     def row(self, index: int, *, input_relevance: float, value: float, batch_size: int = 1) -> "LedgerReport":
+        """The ledger of batch row ``index``: the input relevance and value given, and what each site absorbed in
+        that row."""
         sites = {site: float(rows[index]) for site, rows in self.totals(batch_size).items()}
         return LedgerReport(input=input_relevance, absorbed=sum(sites.values()), value=value, by_site=sites)
 
@@ -122,6 +128,7 @@ class LedgerReport:
         return abs(self.residual) <= rtol * self.scale + atol
 
     def to_dict(self) -> dict:
+        """The report as plain JSON-ready values (``residual`` included)."""
         return {
             "input": self.input,
             "absorbed": self.absorbed,

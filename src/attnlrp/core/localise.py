@@ -39,17 +39,23 @@ class BlockBalance:
     def complete(self) -> bool:
         return None not in (self.output, self.input, self.absorbed_before, self.absorbed_after)
 
+    def _read(self, what: str) -> float:
+        value = getattr(self, what)
+        if value is None:
+            raise ValueError(f"block {self.name}: its {what} was not read (the block is not complete)")
+        return float(value)
+
     @property
     def absorbed(self) -> float:
-        return float(self.absorbed_after - self.absorbed_before)  # type: ignore[operator]
+        return self._read("absorbed_after") - self._read("absorbed_before")
 
     @property
     def leak(self) -> float:
         """``output − input − absorbed``: relevance the block lost (> 0) or created (< 0)."""
-        return float(self.output - self.input - self.absorbed)  # type: ignore[operator]
+        return self._read("output") - self._read("input") - self.absorbed
 
     def conserves(self, rtol: float = 1e-4, atol: float = 1e-9) -> bool:
-        scale = max(abs(self.output), abs(self.input), abs(self.absorbed))  # type: ignore[arg-type]
+        scale = max(abs(self._read("output")), abs(self._read("input")), abs(self.absorbed))
         return abs(self.leak) <= rtol * scale + atol
 
     def to_dict(self) -> dict[str, Any]:

@@ -83,9 +83,12 @@ def gamma_for(module: nn.Module, gamma: Mapping[str | type, float]) -> float | N
 
 
 def gamma_forward(module: nn.Module, gamma: float, audit: Audit, ledger: Ledger) -> Callable:
-    """A Linear / convolution forward under the generalised γ-rule."""
+    """A Linear / convolution forward (one of ``GAMMA_MODULES``) under the generalised γ-rule."""
+    if not isinstance(module, GAMMA_MODULES):
+        raise TypeError(f"the γ-rule applies to {', '.join(m.__name__ for m in GAMMA_MODULES)}, "
+                        f"not {type(module).__name__}")
     original = getattr(module, forward_slot(module))
-    linear = F.linear if isinstance(module, nn.Linear) else module._conv_forward
+    linear: Callable[..., torch.Tensor] = F.linear if isinstance(module, nn.Linear) else module._conv_forward
     label = f"{type(module).__name__} (γ={gamma})"
 
     def forward(x: torch.Tensor) -> torch.Tensor:

@@ -14,10 +14,10 @@ from typing import Callable, Protocol
 
 import torch
 
-#: Denominators smaller than this are replaced by ``±STABILISER`` in the identity rule. Small enough not to
-#: affect conservation measurably (|x| < 1e-6 carries almost no relevance), large enough that ``f(x)/x`` cannot
-#: overflow fp16/bf16 gradients.
 STABILISER = 1e-6
+"""Denominators smaller than this are replaced by ``±STABILISER`` in the identity rule. Small enough not to
+affect conservation measurably (|x| < 1e-6 carries almost no relevance), large enough that ``f(x)/x`` cannot
+overflow fp16/bf16 gradients."""
 
 
 class RuleFunction(torch.autograd.Function):
@@ -28,7 +28,9 @@ class RuleFunction(torch.autograd.Function):
 class AbsorptionSink(Protocol):
     """Where rules report relevance absorbed on the way (implemented by ``attnlrp.core.ledger.Ledger``)."""
 
-    def absorb(self, site: str, amount: torch.Tensor) -> None: ...
+    def absorb(self, site: str, amount: torch.Tensor) -> None:
+        """Record ``amount`` (one value per leading row of the tensor the rule saw) as absorbed at ``site``."""
+        ...
 
 
 def per_row_sum(t: torch.Tensor) -> torch.Tensor:
@@ -67,7 +69,7 @@ class _IdentityRule(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, y, offset: float, sink: "AbsorptionSink | None"):  # type: ignore[override]
+    def forward(ctx, x, y, offset: float, sink: "AbsorptionSink | None"):
         half = x.dtype in (torch.float16, torch.bfloat16)
         xs, ys = (x.float(), y.float()) if half else (x, y)
         if offset:
@@ -78,7 +80,7 @@ class _IdentityRule(torch.autograd.Function):
         return y.detach()  # a detached alias, not a view: the model may modify it in place
 
     @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad_y: torch.Tensor):
         (ratio,) = ctx.saved_tensors
         if ctx.offset and ctx.sink is not None:
             rows = grad_y.shape[0] if grad_y.dim() > 1 else 1
@@ -102,12 +104,12 @@ class _ScaleGradient(torch.autograd.Function):
     """Identity forward; the gradient is multiplied by a constant factor backward."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
         ctx.factor = factor
         return x.detach()  # a detached alias, not a view: the model may modify it in place
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         return grad * ctx.factor, None
 
 
@@ -131,13 +133,13 @@ class _Tap(torch.autograd.Function):
     """Identity forward; backward reports ``sign · Σ x ⊙ ĝ(x)`` per batch row to a sink, the gradient unchanged."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, sink: AbsorptionSink, site: str, sign: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, sink: AbsorptionSink, site: str, sign: float) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.sink, ctx.site, ctx.sign = sink, site, sign
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
         ctx.sink.absorb(ctx.site, ctx.sign * row_relevance(x, grad))
         return grad, None, None, None
@@ -234,13 +236,13 @@ class _GammaRule(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, linear, gamma, sink, y):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, linear, gamma, sink, y):
         ctx.save_for_backward(x, weight, bias, y)
         ctx.linear, ctx.gamma, ctx.sink = linear, gamma, sink
         return y.detach()
 
     @staticmethod
-    def backward(ctx, grad_y):  # type: ignore[override]
+    def backward(ctx, grad_y):
         x, weight, bias, y = ctx.saved_tensors
         linear, gamma = ctx.linear, ctx.gamma
         w_up, w_down = weight + gamma * weight.clamp(min=0), weight + gamma * weight.clamp(max=0)

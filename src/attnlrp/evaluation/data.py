@@ -40,6 +40,7 @@ import torch
 
 from ..errors import ExplainError
 from ..models.adapter import ModelAdapter, single_token
+from .names import TEXT_TASKS
 
 __all__ = [
     "DATASETS_DIR",
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
-TASKS = ("next-token", "sentiment", "qa")
+TASKS = TEXT_TASKS  # the names live in .names, which imports no torch (`attnlrp evaluate --help`)
 
 
 class DataError(ValueError):
@@ -155,7 +156,9 @@ def _encode(tokenizer, text: str, *, add_special_tokens: bool) -> _Encoded:
 
     Special = one of the tokenizer's ``all_special_ids`` (BOS, ``<|im_start|>``…), except the unknown token
     where it stands for characters of the text: an ``[UNK]`` is input a word-level tokenizer could not read,
-    and the metric may flip it like any other word.
+    and the metric may flip it like any other word. With ``add_special_tokens`` the text starts with the
+    tokenizer's BOS token where it defines one, added if the tokenizer does not add it itself — the evaluated
+    models are decoder LMs, and this is ``Explainer``'s ``add_bos`` default (docs/evaluation/README.md).
     """
     special_ids = set(tokenizer.all_special_ids)
     unk = getattr(tokenizer, "unk_token_id", None)
@@ -166,6 +169,9 @@ def _encode(tokenizer, text: str, *, add_special_tokens: bool) -> _Encoded:
         encoding = tokenizer(text, add_special_tokens=add_special_tokens)
         offsets = tuple((0, 0) for _ in encoding["input_ids"])
     ids = tuple(int(i) for i in encoding["input_ids"])
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if add_special_tokens and bos is not None and (not ids or ids[0] != bos):
+        ids, offsets = (int(bos),) + ids, ((0, 0),) + offsets
     special = tuple(i in special_ids and not (i == unk and a < b) for i, (a, b) in zip(ids, offsets))
     return _Encoded(ids, offsets, special)
 
@@ -610,7 +616,9 @@ def next_token_logits(model: torch.nn.Module, samples: Sequence[TextSample], bat
         picked = logits[torch.arange(len(chunk)), columns]
         for r, index in enumerate(rows):
             result[index] = picked[r]
-    return torch.stack(result)  # type: ignore[arg-type]
+    rows_read = [row for row in result if row is not None]
+    assert len(rows_read) == len(samples)  # every sample is in one batch
+    return torch.stack(rows_read)
 
 
 def resolve_targets(model: torch.nn.Module, samples: Sequence[TextSample], batch_size: int = 16) -> list[TextSample]:

@@ -62,6 +62,7 @@ class TextInstance:
 
     @property
     def n_flippable(self) -> int:
+        """How many tokens may be flipped (ranked by a method)."""
         return int(self.flippable.sum())
 
     def require_flippable(self) -> None:
@@ -176,11 +177,11 @@ def position_logits(
     if (input_ids is None) == (inputs_embeds is None):
         raise ExplainError("give exactly one of input_ids and inputs_embeds")
     device = model_device(model)
-    input_ids = None if input_ids is None else input_ids.to(device)
-    inputs_embeds = None if inputs_embeds is None else inputs_embeds.to(device)
+    name, given = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+    assert given is not None  # exactly one is given (checked above)
     attention_mask = None if attention_mask is None else attention_mask.to(device)
-    length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-    kwargs: dict[str, Any] = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
+    length = given.shape[1]
+    kwargs: dict[str, Any] = {name: given.to(device)}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
     if forward_accepts(model, "use_cache"):

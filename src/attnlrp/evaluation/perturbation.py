@@ -46,7 +46,9 @@ __all__ = ["MODES", "SCORES", "FlipCurves", "flip_curves", "flip_curves_many", "
            "trapezoid_area"]
 
 MODES = ("replace", "zero")
+"""How flipped tokens are perturbed: replaced by a neutral token, or their input embeddings zeroed."""
 SCORES = ("logit", "logprob")
+"""What each point of a curve measures: the target's logit, or its log-probability."""
 ORDERS = ("morf", "lerf")
 
 
@@ -197,20 +199,25 @@ def _score_masks(
     """The (logit, logprob) scores of the instance with each row of ``masks`` flipped, in chunks."""
     device = model_device(model)
     ids = instance.input_ids.to(device).unsqueeze(0)
-    embeds = None
     if mode == "zero":
         with torch.no_grad():
             embeds = embedding_of(model)(ids)
+
+        def flipped(chunk: torch.Tensor) -> torch.Tensor:
+            batch = embeds.expand(chunk.shape[0], -1, -1).masked_fill(chunk.unsqueeze(-1), 0.0)
+            return position_logits(model, instance.position, inputs_embeds=batch)
+    elif neutral_id is not None:
+        neutral = neutral_id
+
+        def flipped(chunk: torch.Tensor) -> torch.Tensor:
+            batch = ids.expand(chunk.shape[0], -1).masked_fill(chunk, neutral)
+            return position_logits(model, instance.position, input_ids=batch)
+    else:
+        raise ExplainError('mode="replace" needs the neutral token id')
     logits, logprobs = [], []
     with torch.no_grad():
         for start in range(0, masks.shape[0], batch_size):
-            chunk = masks[start : start + batch_size].to(device)
-            if mode == "replace":
-                batch = ids.expand(chunk.shape[0], -1).masked_fill(chunk, neutral_id)
-                z = position_logits(model, instance.position, input_ids=batch)
-            else:
-                batch = embeds.expand(chunk.shape[0], -1, -1).masked_fill(chunk.unsqueeze(-1), 0.0)
-                z = position_logits(model, instance.position, inputs_embeds=batch)
+            z = flipped(masks[start : start + batch_size].to(device))
             logit, logprob = target_scores(z, instance.target_id, instance.contrast_id)
             logits.append(logit.cpu())
             logprobs.append(logprob.cpu())
@@ -248,7 +255,7 @@ def flip_curves_many(
     instance.require_flippable()
     counts = flip_schedule(instance.n_flippable, steps)
     orders: dict[str, dict[str, torch.Tensor]] = {}
-    masks = []
+    masks: list[torch.Tensor] = []
     for name, relevance in relevances.items():
         relevance = _check_relevance(relevance, instance, "" if len(relevances) == 1 else f" of {name!r}")
         orders[name] = {o: flip_order(relevance, instance.flippable, o) for o in ORDERS}

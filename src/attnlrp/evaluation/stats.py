@@ -46,10 +46,12 @@ class Interval:
 
     @property
     def lower(self) -> float:
+        """The interval's lower bound."""
         return self.mean - self.half_width
 
     @property
     def upper(self) -> float:
+        """The interval's upper bound."""
         return self.mean + self.half_width
 
     @property
@@ -58,6 +60,7 @@ class Interval:
         return self.lower > 0 or self.upper < 0
 
     def to_dict(self) -> dict[str, float | int]:
+        """``{"mean", "ci95" (or "ci" at another level), "n"}``."""
         return {"mean": self.mean, "ci95" if self.level == 0.95 else "ci": self.half_width, "n": self.n}
 
 

@@ -9,6 +9,7 @@ class with these members and one entry in ``_FACTORIES`` (which :data:`TASK_NAME
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -31,8 +32,15 @@ Progress = Callable[[int], None]
 class Task(Protocol):
     """One evaluation task (see the module docstring)."""
 
-    name: str  # the records' task name
-    methods: tuple[str, ...]  # the methods that apply, in order: the default when none are chosen
+    @property
+    def name(self) -> str:
+        """The records' task name."""
+        ...
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods that apply, in order: the default when none are chosen."""
+        ...
 
     @property
     def model_name(self) -> str:
@@ -147,7 +155,7 @@ class DigitsTask:
 
 
 _FACTORIES: dict[str, Callable[[Settings], Task]] = {
-    **{name: (lambda settings, name=name: TextTask.builtin(name, settings)) for name in data.TASKS},
+    **{name: functools.partial(TextTask.builtin, name) for name in data.TASKS},
     VISION_TASK: DigitsTask,
 }
 #: The built-in tasks, in the order ``all`` runs them.

@@ -34,6 +34,7 @@ from torch import nn
 from ..core import Method, MethodSpec, get_method, method_names
 from ..errors import ExplainError
 from ..extras import require
+from .names import VISION_TASK
 from .perturbation import trapezoid_area
 from .records import GRID_POINTS
 
@@ -71,7 +72,7 @@ TEST_FRACTION = 0.25
 INK_SCALE = 16.0
 BACKGROUND = 0.0
 #: The γ setting evaluated "with γ" (the same values the library's vision tests use).
-DIGITS_GAMMA: dict[str, float] = {"Conv2d": 0.25, "Linear": 0.05}
+DIGITS_GAMMA: dict[str | type, float] = {"Conv2d": 0.25, "Linear": 0.05}
 #: AttnLRP with the γ-rule at DIGITS_GAMMA: a setting of this task rather than a method of the library, so a
 #: ``Method`` object used directly, not registered.
 ATTNLRP_GAMMA: Method = replace(
@@ -83,7 +84,6 @@ ATTNLRP_GAMMA: Method = replace(
 _METHODS: dict[str, Method] = {m.name: m for m in (*map(get_method, method_names()), ATTNLRP_GAMMA)}
 RANDOM = "random"
 VISION_METHODS: tuple[str, ...] = (*_METHODS, RANDOM)
-VISION_TASK = "digits"
 VISION_PERTURBATION = "background"  # a flipped patch becomes the digits' zero background
 
 SCORES = ("logit", "logprob")
@@ -106,8 +106,7 @@ def digits_vit_config() -> "ViTConfig":
         intermediate_size=64,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        num_labels=10,
-        id2label={i: str(i) for i in range(10)},
+        id2label={i: str(i) for i in range(10)},  # 10 classes (num_labels follows id2label)
         label2id={str(i): i for i in range(10)},
         architectures=["ViTForImageClassification"],
     )
@@ -218,7 +217,7 @@ def explain_patches(
     pixel_values: torch.Tensor,
     *,
     method: MethodSpec = "attnlrp",
-    gamma: Mapping[str, float] | None = None,
+    gamma: Mapping[str | type, float] | None = None,
     target: int | None = None,
 ):
     """One image's :class:`~attnlrp.vision.ImageExplanation` (patch relevance in ``.patch_relevance``).
@@ -336,7 +335,7 @@ def patch_order(relevance: torch.Tensor | np.ndarray, order: str = "morf") -> np
     raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
 
 
-def _patch_relevance(relevance: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
+def _patch_relevance(relevance: torch.Tensor | np.ndarray, height: int, width: int, patch: int) -> torch.Tensor:
     """Accept patch relevance ``(rows, columns)`` or pixel relevance ``(height, width)`` (summed per patch)."""
     rows, columns = height // patch, width // patch
     relevance = torch.as_tensor(relevance).detach().double().cpu()
@@ -459,7 +458,7 @@ def evaluate_digits(
             start = time.perf_counter()
             if method == RANDOM:
                 generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
-                patch = int(model.config.patch_size)
+                patch = int(getattr(model, "config").patch_size)  # the ViT's (nn.Module declares no config)
                 relevance = torch.rand(image.shape[1] // patch, image.shape[2] // patch, generator=generator)
             else:
                 relevance = explain_patches(model, image, method=_METHODS[method], target=label).patch_relevance

@@ -55,9 +55,10 @@ require("captum.attr", "captum")  # a MissingExtraError naming the extra, before
 from captum._utils.common import _select_targets  # noqa: E402  (captum's own target selection, as its methods use)
 from captum.attr import LayerGradientXActivation, LLMGradientAttribution  # noqa: E402
 
-#: what the default forward explains of the next token's scores: the logit, or its log-probability
 Objective = Literal["logit", "log_prob"]
+"""What the default forward explains of the next token's scores: the logit, or its log-probability."""
 OBJECTIVES: tuple[str, ...] = ("logit", "log_prob")
+"""The values of :data:`Objective`."""
 
 Inputs = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
@@ -134,7 +135,7 @@ class AttnLRP(LayerGradientXActivation):
         self._adapter = adapter
 
     # ----------------------------------------------------------------------------------------- attribute
-    def attribute(  # type: ignore[override]
+    def attribute(
         self,
         inputs: Inputs,
         target: Any = None,

@@ -15,7 +15,9 @@ Each generation step runs ``attnlrp.integrations.captum.AttnLRP`` on inseq's for
 input embeddings, then inseq's attributed function), and the relevance is summed over the embedding: one signed
 score per token (a coarse attribution, shown as it is, with no norm taken). With this method the model's default
 attributed function is the **logit** of the generated token (inseq's own default is its probability), so that
-``attribute(...)`` gives, for every generated token, the row ``attnlrp.explain_generation`` gives; pass
+``attribute(...)`` gives, for every generated token, the row ``attnlrp.explain_generation`` gives (on the same
+ids: inseq tokenizes the prompt itself and prepends no BOS the tokenizer does not add, so compare with
+``add_bos=False``); pass
 ``attributed_fn="probability"`` (or any inseq step function) to explain something else. Encoder-decoders work
 the same way (tested on BART, with ``attribute_target=True`` for the decoder prefix).
 
@@ -39,8 +41,8 @@ from inseq.data import CoarseFeatureAttributionStepOutput  # noqa: E402
 
 from .captum import AttnLRP  # noqa: E402  (inseq brings captum)
 
-#: the attributed function this method makes the model's default (inseq's step function of the target's logit)
 DEFAULT_ATTRIBUTED_FN = "logit"
+"""The attributed function this method makes the model's default (inseq's step function of the target's logit)."""
 
 
 class AttnLRPAttribution(GradientAttributionRegistry):

@@ -46,6 +46,7 @@ class LayerSites:
 
     @property
     def num_neurons(self) -> int:
+        """How many MLP neurons the layer has (the inputs of its MLP's output projection)."""
         return _in_features(self.mlp_output)
 
 
@@ -120,17 +121,21 @@ class NeuronScore:
     activation: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The score as plain JSON-ready values."""
         return {"layer": self.layer, "neuron": self.neuron, "relevance": self.relevance,
                 "activation": self.activation}
 
 
 @dataclass(frozen=True)
 class HeadScore:
+    """One attention head's relevance (the relevance of its output, summed over tokens, or at one token)."""
+
     layer: int
     head: int
     relevance: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The score as plain JSON-ready values."""
         return {"layer": self.layer, "head": self.head, "relevance": self.relevance}
 
 
@@ -147,6 +152,7 @@ class LatentRelevance:
 
     @property
     def num_layers(self) -> int:
+        """How many transformer layers the relevance covers."""
         return self.neurons.shape[0]
 
     def neuron_totals(self) -> torch.Tensor:
@@ -203,6 +209,7 @@ class LatentRelevance:
         return latent_html(self, top_k=top_k, head=head, full_page=full_page)
 
     def save_html(self, path: str, **kwargs: Any) -> None:
+        """Write the standalone HTML page (``to_html(**kwargs)``) to ``path``."""
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(self.to_html(**kwargs))
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ExplainError
-from ..models.adapter import ModelAdapter, prepare_prompt
+from ..models.adapter import ModelAdapter, bos_policy, prepare_prompt
 
 Neuron = tuple[int, int]
 
@@ -46,12 +46,14 @@ class NeuronEdit:
     value: float
 
     def describe(self) -> str:
+        """The edit in short: ``"3:17 off"``, ``"3:17 × 2"``, ``"3:17 = 0.5"``."""
         if self.mode == "off":
             return f"{self.layer}:{self.neuron} off"
         verb = "×" if self.mode == "scale" else "="
         return f"{self.layer}:{self.neuron} {verb} {self.value:g}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The edit as plain JSON-ready values."""
         return {"layer": self.layer, "neuron": self.neuron, "mode": self.mode, "value": self.value}
 
 
@@ -127,8 +129,8 @@ def build_edits(off: Iterable[Any] | None = (), scale: Mapping[Any, Any] | None 
         if not isinstance(mapping, Mapping):
             raise SteeringError(f"{mode} takes a mapping {{(layer, neuron): number}}, not {type(mapping).__name__}")
         for key, value in mapping.items():
-            neuron = _as_neuron(key)
-            edits.append(NeuronEdit(neuron[0], neuron[1], mode, _as_value(value, what, neuron)))
+            where = _as_neuron(key)
+            edits.append(NeuronEdit(where[0], where[1], mode, _as_value(value, what, where)))
     seen: dict[Neuron, str] = {}
     for edit in edits:
         key = (edit.layer, edit.neuron)
@@ -205,13 +207,16 @@ class Steering:
 
     @property
     def neurons(self) -> list[Neuron]:
+        """The edited neurons as ``(layer, neuron)`` pairs, in the order of the edits."""
         return [(e.layer, e.neuron) for e in self.edits]
 
     @property
     def active(self) -> bool:
+        """Whether the edits are applied now (inside the ``with`` block)."""
         return bool(self._handles)
 
     def describe(self) -> str:
+        """The edits in short, comma-separated (``"no neuron changed"`` for none)."""
         return ", ".join(e.describe() for e in self.edits) or "no neuron changed"
 
     def __enter__(self) -> "Steering":
@@ -267,6 +272,7 @@ class Outcome:
     generated_ids: list[int]
 
     def to_dict(self) -> dict[str, Any]:
+        """The outcome as plain JSON-ready values."""
         return {"token": self.token, "token_id": self.token_id, "logit": self.logit, "log_prob": self.log_prob,
                 "generated": self.generated, "generated_ids": list(self.generated_ids)}
 
@@ -283,6 +289,7 @@ class Comparison:
     after: Outcome
 
     def to_dict(self) -> dict[str, Any]:
+        """The comparison as plain JSON-ready values."""
         return {
             "prompt": self.prompt,
             "neurons": [e.to_dict() for e in self.edits],
@@ -310,7 +317,8 @@ def _outcome(model: nn.Module, tokenizer, ids: torch.Tensor, reference: int | No
             kwargs["pad_token_id"] = pad
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # sampling defaults of the checkpoint's generation config
-            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+            generate = getattr(model, "generate")  # nn.Module declares none: a transformers language model's
+            output = generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         generated = [int(t) for t in sequences[0, ids.shape[1]:].tolist()]
     return Outcome(tokenizer.decode([predicted]), predicted, float(logits[reference]), float(log_probs[reference]),
@@ -328,7 +336,7 @@ def compare(model: nn.Module, tokenizer, prompt: str, steering: Steering, *, max
     adapter.input_embedding()
     if adapter.head != "causal-lm" or not hasattr(model, "generate"):
         raise SteeringError(f"{type(model).__name__} is not a causal language model; steering compares generations")
-    prepared = prepare_prompt(tokenizer, prompt, True)
+    prepared = prepare_prompt(tokenizer, prompt, True, add_bos=bos_policy(None, tokenizer, adapter.head))  # as explained
     limit = adapter.max_length(tokenizer)
     if limit is not None and len(prepared) + max_new_tokens > limit:
         raise SteeringError(f"the prompt ({len(prepared)} tokens) and {max_new_tokens} new tokens exceed the "

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ExplainError
-from ..tokens import TokenizedPrompt, from_ids, tokenize
+from ..tokens import TokenizedPrompt, from_ids, tokenize, with_bos
 from .base import kind_of_class
 
 if TYPE_CHECKING:
@@ -115,8 +115,9 @@ class ModelAdapter:
         """Where inputs go: the embedding's device, or accelerate's execution device when it is offloaded."""
         model, embedding = self.model, self.embedding
         hook = getattr(embedding, "_hf_hook", None) or getattr(model, "_hf_hook", None)
-        if getattr(hook, "execution_device", None) is not None:
-            return torch.device(hook.execution_device)
+        execution_device = getattr(hook, "execution_device", None)
+        if execution_device is not None:
+            return torch.device(execution_device)
         weight = getattr(embedding, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
             return weight.device
@@ -290,8 +291,10 @@ def _encoding_rows(encoding: Mapping[str, Any]) -> list[tuple[list[int], list[in
     if len(masks) != len(rows) or any(len(m) != len(r) for m, r in zip(masks, rows)):
         raise ExplainError("attention_mask and input_ids have different shapes")
     words: list[list[int | None] | None] = [None] * len(rows)
-    if getattr(encoding, "encodings", None) and len(encoding.encodings) == len(rows):  # type: ignore[attr-defined]
-        words = [encoding.word_ids(r) for r in range(len(rows))]  # type: ignore[attr-defined]
+    encodings = getattr(encoding, "encodings", None)  # a fast tokenizer's BatchEncoding knows the words
+    if encodings and len(encodings) == len(rows):
+        word_ids = getattr(encoding, "word_ids")
+        words = [word_ids(r) for r in range(len(rows))]
     kept = []
     for row, mask, word_ids in zip(rows, masks, words):
         keep = [i for i, m in enumerate(mask) if int(m) != 0]
@@ -309,12 +312,34 @@ def _id_rows(prompt: Any) -> list[tuple[list[int], list[int | None] | None]]:
     raise ExplainError(f"a prompt must be {_PROMPT_FORMS}; got {type(prompt).__name__}")
 
 
+def bos_policy(add_bos: bool | None, tokenizer, head: str, add_special_tokens: bool = True) -> bool | None:
+    """What happens to the BOS token of a *text* prompt: ``True`` make it start with the tokenizer's BOS,
+    ``False`` without one, ``None`` as the tokenizer tokenizes it.
+
+    ``add_bos=None`` ("auto", the default) prepends BOS for decoder language models (``head == "causal-lm"``)
+    whose tokenizer defines a BOS token, unless ``add_special_tokens=False`` — the tokenizers that define one but
+    do not add it (SmolLM2's GGUF tokenizer under transformers 5.x, GPT-2) would otherwise leave the attention
+    sink's relevance on the first word of the prompt (docs/evaluation/README.md, "The BOS token"). Other models
+    keep their tokenizer's own special tokens. Prompts given as token ids are never changed.
+    """
+    if add_bos is not None and not isinstance(add_bos, bool):
+        raise ExplainError(f"add_bos must be True, False or None (auto), got {add_bos!r}")
+    if add_bos is not None:
+        return add_bos
+    if head == "causal-lm" and add_special_tokens and getattr(tokenizer, "bos_token_id", None) is not None:
+        return True
+    return None
+
+
 def prepare_prompt(tokenizer, prompt: Prompt, add_special_tokens: bool, *,
-                   several: str = BATCH_POINTER) -> TokenizedPrompt:
+                   several: str = BATCH_POINTER, add_bos: bool | None = None) -> TokenizedPrompt:
     """One prompt in any accepted form (see ``Prompt``) as a ``TokenizedPrompt``; a tensor or encoding that holds
-    several sequences is refused with ``several`` (where to go instead) in the message."""
+    several sequences is refused with ``several`` (where to go instead) in the message. ``add_bos`` (a resolved
+    :func:`bos_policy`): a text prompt starts with the BOS token (``True``), without it (``False``), or as
+    tokenized (``None``); token ids are used as given."""
     if isinstance(prompt, str):
-        return tokenize(tokenizer, prompt, add_special_tokens=add_special_tokens)
+        prepared = tokenize(tokenizer, prompt, add_special_tokens=add_special_tokens)
+        return prepared if add_bos is None else with_bos(tokenizer, prepared, add_bos)
     rows = _id_rows(prompt)
     if len(rows) != 1:
         raise ExplainError(f"the prompt holds {len(rows)} sequences but one is explained here; {several}")
@@ -322,7 +347,8 @@ def prepare_prompt(tokenizer, prompt: Prompt, add_special_tokens: bool, *,
     return from_ids(tokenizer, ids, word_ids=word_ids)
 
 
-def prepare_prompts(tokenizer, prompts: Any, add_special_tokens: bool) -> list[TokenizedPrompt]:
+def prepare_prompts(tokenizer, prompts: Any, add_special_tokens: bool, *,
+                    add_bos: bool | None = None) -> list[TokenizedPrompt]:
     """Several prompts: a list of prompts (each in any accepted form), or a ``(B, N)`` tensor or a
     ``BatchEncoding`` / dict of B rows (padding dropped by its ``attention_mask``)."""
     if isinstance(prompts, (Mapping, torch.Tensor, np.ndarray)):
@@ -336,4 +362,4 @@ def prepare_prompts(tokenizer, prompts: Any, add_special_tokens: bool) -> list[T
     if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
         raise ExplainError("explain_batch takes a non-empty list of prompts (or a (B, N) tensor, or a "
                            "BatchEncoding of B rows)")
-    return [prepare_prompt(tokenizer, p, add_special_tokens) for p in prompts]
+    return [prepare_prompt(tokenizer, p, add_special_tokens, add_bos=add_bos) for p in prompts]

@@ -48,7 +48,6 @@ class LoadedModel:
     from_cache: bool = False
 
 
-#: Explicit kinds -> name of the transformers Auto class that builds that head.
 KINDS: dict[str, str] = {
     "causal-lm": "AutoModelForCausalLM",
     "seq-cls": "AutoModelForSequenceClassification",
@@ -57,6 +56,7 @@ KINDS: dict[str, str] = {
     "image-cls": "AutoModelForImageClassification",
     "base": "AutoModel",
 }
+"""The kinds ``load_model(kind=…)`` takes besides ``"auto"`` → the transformers Auto class that builds that head."""
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -230,5 +230,7 @@ def first_lines(e: BaseException, n: int = 3) -> str:
 def finish(model: PreTrainedModel, device: str | torch.device | None) -> PreTrainedModel:
     """Eval mode (dropout off: relevance must be deterministic) on the requested device (CPU by default)."""
     if device is not None:
-        model = model.to(device)
+        # transformers declares PreTrainedModel.to with functools.wraps(nn.Module.to), whose typing takes self as
+        # the first argument
+        model = model.to(device)  # type: ignore[arg-type]
     return model.eval()

@@ -13,7 +13,7 @@ import inspect
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -57,7 +57,7 @@ def _dequantise_kwargs() -> dict[str, Any]:
     transformers always dequantise and have no such option.
     """
     try:
-        from transformers import GgufConfig  # type: ignore[attr-defined]
+        from transformers import GgufConfig
     except ImportError:
         return {}
     if "dequantize" not in inspect.signature(GgufConfig.__init__).parameters:
@@ -86,15 +86,17 @@ def _read_once() -> Iterator[None]:
         original_reader, original_map = gguf_library.GGUFReader, gguf_library.get_tensor_name_map
         readers: dict[tuple[str, str], Any] = {}
 
-        def reader(path: Any, mode: str = "r") -> Any:
+        def reader(path: Any, mode: Literal["r", "r+", "c"] = "r") -> Any:
             key = (os.fspath(path), mode)
             if key not in readers:
                 readers[key] = original_reader(path, mode)
             return readers[key]
 
-        gguf_library.GGUFReader = reader
-        gguf_library.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_map)
+        # setattr: a patch of the library's module attributes (a class and a function) by other callables
+        setattr(gguf_library, "GGUFReader", reader)
+        setattr(gguf_library, "get_tensor_name_map", functools.lru_cache(maxsize=None)(original_map))
         try:
             yield
         finally:
-            gguf_library.GGUFReader, gguf_library.get_tensor_name_map = original_reader, original_map
+            setattr(gguf_library, "GGUFReader", original_reader)
+            setattr(gguf_library, "get_tensor_name_map", original_map)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict
 
 import torch
 
@@ -59,8 +59,8 @@ def load_model(
     device = resolve_device(device)
     if kind != "auto" and kind not in KINDS:
         raise ModelLoadError(f"unknown kind {kind!r}: pass 'auto' or one of {', '.join(map(repr, KINDS))}")
-    common = dict(kind=kind, dtype=resolved_dtype, attn_implementation=attn_implementation,
-                  trust_remote_code=trust_remote_code, device=device)
+    common = _Settings(kind=kind, dtype=resolved_dtype, attn_implementation=attn_implementation,
+                       trust_remote_code=trust_remote_code, device=device)
 
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "smollm2"):
         return _load_gguf(embedded_smollm2_path(), cache_dir=cache_dir, label="embedded SmolLM2-135M-Instruct",
@@ -85,6 +85,16 @@ def load_model(
     if not isinstance(spec, str) or _looks_like_path(spec):
         raise ModelLoadError(f"no such file or folder: {path}")
     return _load_hub(spec, allow_pickle=allow_pickle, **common)
+
+
+class _Settings(TypedDict):
+    """What every way of loading takes from ``load_model``'s arguments."""
+
+    kind: str
+    dtype: torch.dtype
+    attn_implementation: str | None
+    trust_remote_code: bool
+    device: torch.device | None
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -247,7 +257,9 @@ def _load_gguf(gguf_path: Path, kind: str, dtype: torch.dtype, attn_implementati
             return loaded
     if wanted_kind != file_kind:  # no cache to build the other head from: read the file again
         model, tokenizer, _ = gguf.dequantise(gguf_path, wanted_kind, attn_implementation, trust_remote_code)
-    model = model.to(dtype)
+    # transformers declares PreTrainedModel.to with functools.wraps(nn.Module.to), whose typing takes self as the
+    # first argument
+    model = model.to(dtype)  # type: ignore[arg-type]
     note = f"dequantised; cache written to {cached}" if cached else "dequantised; not cached"
     return LoadedModel(finish(model, device), tokenizer, f"{label} ({note})", cached, False)
 

@@ -8,7 +8,7 @@ from .colors import NAN_RGB, NEGATIVE_RGB, POSITIVE_RGB, WHITE, relevance_rgb, s
 from .escape import html_text, html_token, terminal_text, token_repr
 from .generation_html import generation_html, script_json
 from .html import heatmap_html
-from .terminal import heatmap_terminal, ranking_table, should_color
+from .terminal import heatmap_terminal, ranking_table, resolve_color, should_color
 
 __all__ = [
     "heatmap_html",
@@ -17,6 +17,7 @@ __all__ = [
     "heatmap_terminal",
     "ranking_table",
     "should_color",
+    "resolve_color",
     "relevance_rgb",
     "symmetric_scale",
     "html_text",

@@ -33,7 +33,8 @@ def relevance_rgb(score: float, scale: float) -> RGB:
     t = min(abs(score) / scale, 1.0)
     end = POSITIVE_RGB if score > 0 else NEGATIVE_RGB
     # Half-up rounding (not banker's) so the midpoint is a predictable integer.
-    return tuple(int(w + (e - w) * t + 0.5) for w, e in zip(WHITE, end))  # type: ignore[return-value]
+    red, green, blue = (int(w + (e - w) * t + 0.5) for w, e in zip(WHITE, end))
+    return (red, green, blue)
 
 
 def symmetric_scale(scores: Iterable[float]) -> float:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from .colors import NEGATIVE_RGB, POSITIVE_RGB, relevance_rgb, symmetric_scale
 from .escape import html_text, html_token, token_repr
-from .ranking import bottom_indices, check_pairs, format_score, rank_of, top_indices
+from .ranking import bottom_indices, check_pairs, format_score, rank_of, ranked_scores, top_indices
 
 __all__ = ["heatmap_html", "HEATMAP_CSS", "class_prefix", "css_rgb"]
 
@@ -66,14 +66,19 @@ def heatmap_html(
     details: Mapping[str, str] | None = None,
     top_k: int = 10,
     full_page: bool = True,
+    exclude: Sequence[bool] | None = None,
 ) -> str:
     """Render tokens coloured by relevance, with a details table, legend and top/bottom tables.
+
+    ``exclude``: tokens (True) shown with their relevance but left out of the colour scale and the tables (a
+    BOS token's sink relevance would otherwise set the scale); their colour saturates beyond the scale.
 
     `full_page=True` returns a standalone HTML5 document; `False` returns a fragment for
     Jupyter ``_repr_html_`` whose CSS is scoped under a unique class so it cannot leak.
     """
     toks, vals = check_pairs(tokens, scores)
-    scale = symmetric_scale(vals)
+    kept = ranked_scores(vals, exclude)
+    scale = symmetric_scale(kept)
     p = class_prefix(toks, vals, title, sorted((details or {}).items()), top_k)
 
     parts = [f'<div class="{p}">']
@@ -101,10 +106,10 @@ def heatmap_html(
         f"<span>(white = 0; scale = max |relevance| = {scale:.3g})</span></div>"
     )
 
-    ranks = rank_of(vals)
-    top = top_indices(vals, top_k)
+    ranks = rank_of(kept)
+    top = top_indices(kept, top_k)
     parts.append(_rank_table(f"top {len(top)} tokens by relevance", top, toks, vals, ranks, scale))
-    bottom = bottom_indices(vals, 3, exclude=top)
+    bottom = bottom_indices(kept, 3, exclude=top)
     if bottom:
         parts.append(_rank_table("most negative tokens", bottom, toks, vals, ranks, scale))
     parts.append("</div>")

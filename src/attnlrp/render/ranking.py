@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["check_pairs", "top_indices", "bottom_indices", "rank_of", "format_score"]
+__all__ = ["check_pairs", "top_indices", "bottom_indices", "rank_of", "format_score", "ranked_scores"]
 
 
 def check_pairs(tokens: Sequence[str], scores: Sequence[float]) -> tuple[list[str], list[float]]:
@@ -17,6 +17,16 @@ def check_pairs(tokens: Sequence[str], scores: Sequence[float]) -> tuple[list[st
     if len(tokens) != len(scores):
         raise ValueError(f"tokens and scores differ in length: {len(tokens)} tokens, {len(scores)} scores")
     return [str(t) for t in tokens], [float(s) for s in scores]
+
+
+def ranked_scores(scores: Sequence[float], exclude: Sequence[bool] | None = None) -> list[float]:
+    """The scores that set the colour scale and the rankings: those of tokens marked in ``exclude`` (e.g. a BOS
+    token holding the attention sink's relevance) become NaN, which both leave out; the tokens stay shown."""
+    if exclude is None:
+        return list(scores)
+    if len(exclude) != len(scores):
+        raise ValueError(f"exclude has {len(exclude)} entries for {len(scores)} scores")
+    return [math.nan if flag else s for s, flag in zip(scores, exclude)]
 
 
 def _descending(scores: Sequence[float]) -> list[int]:

@@ -7,15 +7,16 @@ the output are the colour codes written here.
 from __future__ import annotations
 
 import os
+import sys
 import unicodedata
 from collections.abc import Sequence
 from typing import TextIO
 
 from .colors import relevance_rgb, symmetric_scale
 from .escape import terminal_text, token_repr
-from .ranking import bottom_indices, check_pairs, format_score, rank_of, top_indices
+from .ranking import bottom_indices, check_pairs, format_score, rank_of, ranked_scores, top_indices
 
-__all__ = ["heatmap_terminal", "ranking_table", "should_color"]
+__all__ = ["heatmap_terminal", "ranking_table", "resolve_color", "should_color"]
 
 _RESET = "\x1b[0m"
 _BAR_WIDTH = 20
@@ -27,14 +28,16 @@ def _paint(text: str, rgb: tuple[int, int, int]) -> str:
     return f"\x1b[38;2;0;0;0;48;2;{rgb[0]};{rgb[1]};{rgb[2]}m{text}{_RESET}"
 
 
-def heatmap_terminal(tokens: Sequence[str], scores: Sequence[float], *, color: bool = True) -> str:
+def heatmap_terminal(tokens: Sequence[str], scores: Sequence[float], *, color: bool = True,
+                     exclude: Sequence[bool] | None = None) -> str:
     """The prompt with each token's background coloured by relevance.
 
     A newline inside a token is shown as ``↵`` and followed by a real line break. With
-    ``color=False`` each token becomes a ``[token|+1.23]`` marker, for logs and pipes.
+    ``color=False`` each token becomes a ``[token|+1.23]`` marker, for logs and pipes. ``exclude``: tokens (True)
+    left out of the colour scale (still shown, saturated beyond it), e.g. a BOS token's sink relevance.
     """
     toks, vals = check_pairs(tokens, scores)
-    scale = symmetric_scale(vals)
+    scale = symmetric_scale(ranked_scores(vals, exclude))
     out: list[str] = []
     for tok, val in zip(toks, vals):
         # "\n" only survives escaping where we asked for it, i.e. after the visible ↵.
@@ -54,17 +57,20 @@ def _width(s: str) -> int:
     )
 
 
-def ranking_table(tokens: Sequence[str], scores: Sequence[float], *, top_k: int = 10) -> str:
+def ranking_table(tokens: Sequence[str], scores: Sequence[float], *, top_k: int = 10,
+                  exclude: Sequence[bool] | None = None) -> str:
     """Aligned plain-text table of the top_k tokens (and up to 3 most negative ones).
 
     Tokens are shown repr-style so whitespace and invisible characters are unambiguous;
-    the █ bar is proportional to |relevance| / max |relevance|.
+    the █ bar is proportional to |relevance| / max |relevance|. ``exclude``: tokens (True) left out of the
+    ranking and of that maximum (e.g. a BOS token holding the attention sink's relevance).
     """
     toks, vals = check_pairs(tokens, scores)
-    scale = symmetric_scale(vals)
-    ranks = rank_of(vals)
-    top = top_indices(vals, top_k)
-    bottom = bottom_indices(vals, 3, exclude=top)
+    kept = ranked_scores(vals, exclude)
+    scale = symmetric_scale(kept)
+    ranks = rank_of(kept)
+    top = top_indices(kept, top_k)
+    bottom = bottom_indices(kept, 3, exclude=top)
     if not top:
         return "(no scored tokens)"
 
@@ -103,3 +109,12 @@ def should_color(stream: TextIO) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
         return False
+
+
+def resolve_color(color: bool | None, stream: TextIO | None = None) -> bool:
+    """``color`` when it is given; ``None`` (auto) means :func:`should_color` of ``stream`` (default: standard
+    output, as looked up now). Every terminal view (``to_terminal()``) and the command line's ``--color auto``
+    decide through this one function, so no colour code is written into a pipe or file unless asked for."""
+    if color is None:
+        return should_color(sys.stdout if stream is None else stream)
+    return bool(color)

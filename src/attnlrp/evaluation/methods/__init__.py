@@ -66,6 +66,7 @@ class Attribution:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The attribution as plain JSON-ready values."""
         return {"method": self.method, "relevance": self.relevance.tolist(), "seconds": self.seconds,
                 "details": self.details}
 
@@ -127,8 +128,8 @@ _REGISTRY: dict[str, tuple[Callable[..., tuple[torch.Tensor, dict]], Callable[..
     "kernel-shap": (_kernel_shap, captum_based.kernel_shap),
     "random": (_random, _random),
 }
-#: The methods the evaluation compares, in the order of the results table.
 METHOD_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+"""The methods the evaluation compares, in the order of the results table."""
 
 
 def method_options(method: str) -> dict[str, Any]:
@@ -160,11 +161,13 @@ class Attributor:
         self._neutral: torch.Tensor | None = None
 
     def explainer(self, method: str) -> Explainer:
+        """The ``Explainer`` of a library method on this model (built once, then reused)."""
         if method not in self._explainers:
             self._explainers[method] = Explainer(self.model, self.tokenizer, method=method)
         return self._explainers[method]
 
     def neutral_embedding(self) -> torch.Tensor:
+        """The input embedding of the neutral token (the baseline of the perturbation-based methods)."""
         if self._neutral is None:
             ids = torch.tensor([self.neutral_id], device=model_device(self.model))
             with torch.no_grad():

@@ -56,7 +56,9 @@ def _module_state_kept(model: nn.Module) -> Iterator[None]:
             attributes, hooks = before.get(id(module), (set(), {}))
             for name in _HOOK_DICTS:
                 table = getattr(module, name, None)
-                for key in set(table or {}) - hooks.get(name, set()):
+                if table is None:
+                    continue
+                for key in set(table) - hooks.get(name, set()):
                     del table[key]
             for key in set(module.__dict__) - attributes:
                 del module.__dict__[key]
@@ -74,13 +76,14 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
     saved = [(config, config.__dict__.get(_IMPLEMENTATION, _MISSING)) for config in configs]
     with _module_state_kept(model):
         with _implementation_restored(saved):
-            current = getattr(getattr(model, "config", None), "_attn_implementation", "eager")
+            config: Any = getattr(model, "config", None)  # a transformers model's (none on other modules)
+            current = getattr(config, "_attn_implementation", "eager")
             if current != "eager":
                 setter = getattr(model, "set_attn_implementation", None)
                 if setter is not None:
                     setter("eager")
                 else:
-                    model.config._attn_implementation = "eager"
+                    config._attn_implementation = "eager"
             yield
 
 
