@@ -206,8 +206,10 @@ def curves_figure(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]
     colours = method_colours(m for task in tasks for m in curves[task])
     width = min(columns, max((len(curves[task]) for task in tasks), default=1))
     rows = [math.ceil(len(curves[task]) / width) for task in tasks]
+    # the legend's columns follow the figure's width (a long label takes about one panel's width)
+    legend_columns = min(6, max(2, width))
     panel_width, panel_height, title_height, legend_height = 2.45, 1.95, 0.45, 0.4 + 0.22 * math.ceil(
-        (len(colours) + 4) / 6)
+        (len(colours) + 4) / legend_columns)
     figure = plt.figure(figsize=(panel_width * width + 0.5, panel_height * sum(rows) + title_height * len(tasks)
                                  + legend_height + 0.5), layout="constrained")
     unit = "logit / |unperturbed logit|" if score == "logit" else "log-probability (nats)"
@@ -239,7 +241,8 @@ def curves_figure(curves: Mapping[str, Mapping[str, Mapping[str, Sequence[float]
     if any(reference in curves[task] for task in tasks):
         handles.append(lines_module.Line2D([], [], color=colours.get(reference, "0"), linewidth=0.9, alpha=0.5))
         labels.append(f"{reference} (thin), to compare")
-    blocks[-1].legend(handles, labels, loc="center", ncol=min(6, len(labels)), fontsize="small", frameon=False)
+    blocks[-1].legend(handles, labels, loc="center", ncol=min(legend_columns, len(labels)), fontsize="small",
+                      frameon=False)
     return figure
 
 
