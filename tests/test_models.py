@@ -384,3 +384,12 @@ def test_minilm_loads_as_bert_and_runs():
         out = loaded.model(**enc).last_hidden_state
     assert out.shape[:2] == enc["input_ids"].shape and out.shape[-1] == 384
     assert torch.isfinite(out).all()
+
+
+def test_reports_show_the_cache_under_the_home_folder_as_a_tilde(monkeypatch, tmp_path):
+    from attnlrp.models import sources
+
+    monkeypatch.setattr(sources.Path, "home", classmethod(lambda cls: tmp_path))
+    assert sources._shown(tmp_path / ".cache" / "attnlrp" / "m") == "~/.cache/attnlrp/m"
+    assert sources._shown("/elsewhere/m") == "/elsewhere/m"
+    assert sources._shown(str(tmp_path) + "-other/m") == str(tmp_path) + "-other/m"  # a prefix, not the folder

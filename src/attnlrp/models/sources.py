@@ -270,4 +270,10 @@ def _load_from_cache(folder: Path, kind: str, kwargs: dict[str, Any], device, la
         model, tokenizer, _ = from_pretrained(folder, kind, {**kwargs, "use_safetensors": True})
     except (ModelLoadError, *LOAD_ERRORS):
         return None
-    return LoadedModel(finish(model, device), tokenizer, f"{label} (dequantised cache {folder})", folder, True)
+    return LoadedModel(finish(model, device), tokenizer, f"{label} (dequantised cache {_shown(folder)})", folder, True)
+
+
+def _shown(path: Path | str) -> str:
+    """A path as pages and reports show it: the home folder as ``~``, so no user's name ends up in a shared file."""
+    home, text = str(Path.home()), str(path)
+    return "~" + text[len(home):] if home not in ("", "/") and text.startswith(home + os.sep) else text
