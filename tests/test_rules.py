@@ -236,3 +236,55 @@ def test_gqa_math_kernel_predicate():
     assert rules.gqa_needs_math_kernel("cuda", torch.bfloat16, masked=True)
     assert not rules.gqa_needs_math_kernel("cuda", torch.bfloat16, masked=False)
     assert not rules.gqa_needs_math_kernel("cpu", torch.float32, masked=True)
+
+
+# ---------------------------------------------------------------- closed forms of f(x)/x (core/closed_forms.py)
+def _known_activation_modules():
+    import transformers.activations as hf
+    from torch import nn
+
+    return [nn.SiLU(), nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh"), hf.SiLUActivation(), hf.GELUActivation(),
+            hf.NewGELUActivation(), hf.GELUTanh(), hf.QuickGELUActivation()]
+
+
+@pytest.mark.parametrize("module", _known_activation_modules(), ids=lambda m: f"{type(m).__name__}")
+def test_module_closed_form_is_f_over_x(module):
+    """The closed form must equal f(x)/x of the module itself (an error here means a wrong table entry)."""
+    from attnlrp.core.closed_forms import module_ratio
+
+    ratio = module_ratio(module)
+    assert ratio is not None
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    x = x[x.abs() > 1e-3]
+    torch.testing.assert_close(ratio(x) * x, module(x), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name, kwargs, fn", [("silu", {}, F.silu), ("relu", {}, F.relu), ("gelu", {}, F.gelu),
+                                              ("gelu", {"approximate": "tanh"}, lambda t: F.gelu(t, approximate="tanh"))])
+def test_functional_closed_form_is_f_over_x(name, kwargs, fn):
+    from attnlrp.core.closed_forms import functional_ratio
+
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    torch.testing.assert_close(functional_ratio(name, kwargs)(x) * x, fn(x), rtol=1e-6, atol=1e-12)
+
+
+def test_closed_form_identity_rule_conserves_exactly_where_the_division_was_stabilised():
+    """At |x| < STABILISER the divided ratio loses relevance; the closed form keeps R(x) = R(y) there too."""
+    x = torch.tensor([0.0, 1e-9, -3e-7, 2.0, -2.0], dtype=torch.float64, requires_grad=True)
+    seed = torch.ones(5, dtype=torch.float64)
+    y = rules.identity_rule(F.silu, x, ratio=torch.sigmoid)
+    g = grad_of(y, x, seed)
+    torch.testing.assert_close(g, torch.sigmoid(x.detach()))  # the exact limit 0.5 at 0, no stabiliser
+    torch.testing.assert_close(x.detach() * g, y.detach() * seed, rtol=1e-15, atol=0)
+
+
+def test_unknown_subclass_of_a_known_name_gets_no_closed_form():
+    from torch import nn
+
+    from attnlrp.core.closed_forms import module_ratio
+
+    class SiLU(nn.Module):  # a user's module that shares torch's name but computes something else
+        def forward(self, x):
+            return torch.tanh(x)
+
+    assert module_ratio(SiLU()) is None

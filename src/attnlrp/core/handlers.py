@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import rules
+from . import closed_forms, rules
 from .dispatch import NOT_APPLICABLE, OPERATION_RULES, ROLE, Call, RuleState, handles, requires_grad
 
 # Operations that are linear in their input-dependent arguments (or merely move, select or cast them).
@@ -201,7 +201,8 @@ def activation(state: RuleState, call: Call) -> Any:
     if not args or not requires_grad(args[0]):
         return NOT_APPLICABLE
     state.audit.cover("identity", call.name)
-    out = rules.identity_rule(lambda t: call.func(t, *args[1:], **call.kwargs), args[0], sink=state.ledger)
+    out = rules.identity_rule(lambda t: call.func(t, *args[1:], **call.kwargs), args[0], sink=state.ledger,
+                              ratio=closed_forms.functional_ratio(call.name, call.kwargs) if len(args) == 1 else None)
     setattr(out, ROLE, "activation")
     return out
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import rules
+from . import closed_forms, rules
 from .audit import Audit
 from .compat import forward_slot, materialised
 from .dispatch import ROLE, foreign_function, requires_grad
@@ -42,12 +42,14 @@ def identity_forward(module: nn.Module, audit: Audit, ledger: Ledger) -> Callabl
     """An activation module's forward under the identity rule; its output is marked as a gate."""
     original = getattr(module, forward_slot(module))
     label = type(module).__name__
+    ratio = closed_forms.module_ratio(module)
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if not requires_grad(x):
             return original(x, *args, **kwargs)
         audit.cover("identity", label)
-        y = rules.identity_rule(lambda t: original(t, *args, **kwargs), x, sink=ledger)
+        y = rules.identity_rule(lambda t: original(t, *args, **kwargs), x, sink=ledger,
+                                ratio=ratio if not (args or kwargs) else None)
         setattr(y, ROLE, "activation")
         return y
 

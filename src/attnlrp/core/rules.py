@@ -69,13 +69,16 @@ class _IdentityRule(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, y, offset: float, sink: "AbsorptionSink | None"):
+    def forward(ctx, x, y, offset: float, sink: "AbsorptionSink | None", ratio: "Callable | None" = None):
         half = x.dtype in (torch.float16, torch.bfloat16)
         xs, ys = (x.float(), y.float()) if half else (x, y)
-        if offset:
-            ys = ys - offset
-        # |x| < STABILISER carries almost no relevance; its ratio is taken against STABILISER instead of x
-        ctx.save_for_backward(ys / torch.where(xs.abs() < STABILISER, STABILISER, xs))
+        if ratio is not None:  # the closed form of f(x)/x (attnlrp.core.closed_forms); f(0) = 0
+            ctx.save_for_backward(ratio(xs))
+        else:
+            if offset:
+                ys = ys - offset
+            # |x| < STABILISER carries almost no relevance; its ratio is taken against STABILISER instead of x
+            ctx.save_for_backward(ys / torch.where(xs.abs() < STABILISER, STABILISER, xs))
         ctx.offset, ctx.sink = offset, sink
         return y.detach()  # a detached alias, not a view: the model may modify it in place
 
@@ -85,19 +88,27 @@ class _IdentityRule(torch.autograd.Function):
         if ctx.offset and ctx.sink is not None:
             rows = grad_y.shape[0] if grad_y.dim() > 1 else 1
             ctx.sink.absorb("activation offset", ctx.offset * grad_y.reshape(rows, -1).double().sum(dim=1))
-        return (grad_y.to(ratio.dtype) * ratio).to(grad_y.dtype), None, None, None
+        return (grad_y.to(ratio.dtype) * ratio).to(grad_y.dtype), None, None, None, None
 
 
 def identity_rule(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sink: AbsorptionSink | None = None
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    sink: AbsorptionSink | None = None,
+    *,
+    ratio: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Apply the element-wise ``fn`` to ``x`` with the identity rule (``fn`` runs without building a graph)."""
+    """Apply the element-wise ``fn`` to ``x`` with the identity rule (``fn`` runs without building a graph).
+
+    ``ratio``: the closed form of ``fn(x)/x`` when it is known (``attnlrp.core.closed_forms``; then ``fn(0) = 0``
+    and no division is needed); otherwise the ratio is divided out, with ``fn(0)`` treated as a bias."""
     with torch.no_grad():
         y = fn(x.detach())  # detached: no rule inside the activation's own code sees an input-dependent tensor
-        offset = float(fn(torch.zeros(1, dtype=x.dtype, device=x.device))[0]) if x.requires_grad else 0.0
+        known = ratio is not None or not x.requires_grad
+        offset = 0.0 if known else float(fn(torch.zeros(1, dtype=x.dtype, device=x.device))[0])
     if not x.requires_grad:
         return y
-    return _IdentityRule.apply(x, y, offset, sink)
+    return _IdentityRule.apply(x, y, offset, sink, ratio)
 
 
 class _ScaleGradient(torch.autograd.Function):
