@@ -195,19 +195,48 @@ def attention_rule(
     if args:  # sdpa's positional order: attn_mask, dropout_p, is_causal, scale
         kwargs.update(zip(("attn_mask", "dropout_p", "is_causal", "scale"), args))
     mask = kwargs.get("attn_mask")
-    if holds_attention_constant:
-        q, k = query.detach(), key.detach()
-        v = tap(value, sink, "attention", -1.0)
-        if isinstance(mask, torch.Tensor):
-            kwargs["attn_mask"] = mask.detach()
-    else:
-        q = scale_gradient(tap(query, sink, "attention", -1.0), 0.25)
-        k = scale_gradient(tap(key, sink, "attention", -1.0), 0.25)
-        v = scale_gradient(tap(value, sink, "attention", -1.0), 0.5)
-        if isinstance(mask, torch.Tensor):  # an additive bias enters the scores, after A·v's halving
-            kwargs["attn_mask"] = scale_gradient(tap(mask, sink, "attention", -1.0), 0.5)
-    k, v = _shared_heads_expanded(q, k, v, kwargs)
-    return tap(sdpa(q, k, v, **kwargs), sink, "attention", +1.0)
+    inputs = [query, key, value] + ([mask] if isinstance(mask, torch.Tensor) else [])
+    if holds_attention_constant:  # the probabilities are constants: q, k and the mask get no gradient at all
+        inputs = [t if i == 2 else t.detach() for i, t in enumerate(inputs)]
+    differentiable = [i for i, t in enumerate(inputs) if t.requires_grad]
+    if torch.is_grad_enabled() and differentiable:
+        factors = tuple(1.0 if holds_attention_constant else (0.25, 0.25, 0.5, 0.5)[i] for i in differentiable)
+        for i, t in zip(differentiable, _AttentionInputs.apply(factors, sink, *(inputs[i] for i in differentiable))):
+            inputs[i] = t
+    query, key, value = inputs[:3]
+    if len(inputs) == 4:
+        kwargs["attn_mask"] = inputs[3]
+    k, v = _shared_heads_expanded(query, key, value, kwargs)
+    return tap(sdpa(query, k, v, **kwargs), sink, "attention", +1.0)
+
+
+class _AttentionInputs(torch.autograd.Function):
+    """The differentiable inputs of an attention call (q, k, v, an additive mask) in ONE autograd node: identity
+    forward; backward scales each input's gradient by its factor and reports
+    ``−Σ R(input)`` to the ledger in one sum. With the tap on the output, the attention absorbs
+    ``R(out) − Σ R(input)``: two nodes per attention call instead of seven.
+
+    (One node for the whole call would need a nested autograd graph, which non-reentrant gradient
+    checkpointing would recompute a second time.)"""
+
+    @staticmethod
+    def forward(ctx, factors: tuple[float, ...], sink: "AbsorptionSink | None", *tensors: torch.Tensor):
+        ctx.save_for_backward(*tensors)
+        ctx.factors, ctx.sink = factors, sink
+        return tuple(t.detach() for t in tensors)  # detached aliases, not views: the model may modify them
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        tensors = ctx.saved_tensors
+        scaled = [None if g is None else (g if f == 1.0 else g * f) for g, f in zip(grads, ctx.factors)]
+        if ctx.sink is not None:
+            rows = [row_relevance(t, g) for t, g in zip(tensors, scaled) if g is not None]
+            if rows and all(r.shape == rows[0].shape for r in rows):
+                ctx.sink.absorb("attention", -torch.stack(rows).sum(dim=0))
+            else:  # a mask broadcast over the batch has fewer rows than q, k, v
+                for r in rows:
+                    ctx.sink.absorb("attention", -r)
+        return (None, None, *scaled)
 
 
 def _shared_heads_expanded(
