@@ -132,3 +132,76 @@ def _record(errors: list[BaseException], run) -> None:
         run()
     except BaseException as e:  # noqa: BLE001 - handed to the test thread
         errors.append(e)
+
+
+# --------------------------------------------------------------- an explainer's parked hooks (reusable context)
+def hook_counts(model) -> list[tuple[int, int, int]]:
+    return [(len(m._forward_pre_hooks), len(m._forward_hooks), len(m.__dict__)) for m in model.modules()]
+
+
+def test_an_explainer_sets_up_once_and_its_parked_hooks_are_idle(monkeypatch):
+    model, tok = tiny_llama(torch.float64), word_tokenizer()
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    bare = hook_counts(model)
+    once = attnlrp.explain(model, tok, PROMPT)  # a one-shot explain leaves nothing behind
+    fresh = once.relevance
+    assert hook_counts(model) == bare
+    installs = []
+    original = LRPContext._install_hooks
+    monkeypatch.setattr(LRPContext, "_install_hooks", lambda self: installs.append(1) or original(self))
+    explainer = attnlrp.Explainer(model, tok)
+    first, second = explainer(PROMPT), explainer(PROMPT)
+    assert len(installs) == 1  # the second call found the hooks parked
+    torch.testing.assert_close(first.relevance, fresh, rtol=0, atol=0)
+    torch.testing.assert_close(second.relevance, fresh, rtol=0, atol=0)
+    assert second.ledger == once.ledger and second.covered == once.covered  # each use reports on itself only
+    assert hook_counts(model) != bare  # parked ...
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model(ids).logits)
+    gradient_parked = plain_input_gradient(model, ids)  # ... and idle: a plain pass gets the plain gradient
+    explainer.close()
+    assert hook_counts(model) == bare
+    assert torch.equal(gradient_parked, plain_input_gradient(model, ids))
+    torch.testing.assert_close(explainer(PROMPT).relevance, fresh, rtol=0, atol=0)  # usable after close()
+    assert len(installs) == 2
+    del explainer, first, second
+    import gc
+
+    gc.collect()
+    assert hook_counts(model) == bare  # garbage collected: removed
+
+
+def test_another_context_removes_parked_hooks_first():
+    model, tok = tiny_llama(torch.float64), word_tokenizer()
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    bare = hook_counts(model)
+    reference_cp = attnlrp.explain(model, tok, PROMPT, method="cp-lrp").relevance
+    reference = attnlrp.explain(model, tok, PROMPT).relevance
+    explainer = attnlrp.Explainer(model, tok)
+    explainer(PROMPT)
+    other = attnlrp.Explainer(model, tok, method="cp-lrp")
+    torch.testing.assert_close(other(PROMPT).relevance, reference_cp, rtol=0, atol=0)  # one rule set only
+    with LRPContext(model, "gradient"):  # plain gradients: the parked AttnLRP and CP-LRP hooks are gone
+        assert hook_counts(model) == bare
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+        logits = model(inputs_embeds=embeds).logits[0, -1]
+        logits[logits.argmax()].backward()
+    torch.testing.assert_close(embeds.grad, plain_input_gradient(model, ids), rtol=0, atol=0)
+    torch.testing.assert_close(explainer(PROMPT).relevance, reference, rtol=0, atol=0)
+    explainer.close()
+    other.close()
+    assert hook_counts(model) == bare
+
+
+def test_a_failing_call_leaves_no_parked_hooks():
+    model, tok = tiny_llama(torch.float64), word_tokenizer()
+    bare = hook_counts(model)
+    explainer = attnlrp.Explainer(model, tok)
+
+    def broken(output):
+        raise RuntimeError("the target failed")
+
+    with pytest.raises(RuntimeError, match="the target failed"):
+        explainer(PROMPT, target=broken)
+    assert hook_counts(model) == bare
+    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in tiny_llama(torch.float64).parameters()]

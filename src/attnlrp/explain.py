@@ -7,13 +7,14 @@ position (and token-type) ids, so each row's relevance equals explaining that pr
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .core import ExplainedPass, MethodSpec, SharedAbsorptionError, get_method
+from .core import ExplainedPass, LRPContext, MethodSpec, SharedAbsorptionError, get_method
 from .errors import ExplainError
 from .explanation import Explanation
 from .latent.relevance import LatentRecorder
@@ -63,6 +64,21 @@ class Explainer:
         self.adapter = ModelAdapter.of(model)
         self._embedding = self.adapter.input_embedding()
         self._batch_shares_absorbers = False
+        # the rules' hooks, installed at the first call and parked between calls; removed by close() or when the
+        # explainer is garbage collected (another explainer or lrp() context on the model removes them first)
+        self._context = LRPContext(model, self._method, strict=strict, reusable=True)
+        self._finalizer = weakref.finalize(self, self._context.close)
+
+    def close(self) -> None:
+        """Remove the rules' parked hooks from the model now (also done when the explainer is garbage collected,
+        and by ``with Explainer(...) as explainer:``). The explainer can still be used: it sets them up again."""
+        self._context.close()
+
+    def __enter__(self) -> "Explainer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def head_kind(self) -> str:
@@ -187,7 +203,8 @@ class Explainer:
         rows = len(segments[0].rows)
         output_rows = segments[-1].rows  # positions refer to the last segment (the decoder, if any)
         recorder = LatentRecorder(self.model) if latents else None
-        with (ExplainedPass(self.model, self._method, strict=self.strict) as explained,
+        self._context.strict = self.strict
+        with (ExplainedPass(self.model, self._method, context=self._context) as explained,
               recorder if recorder is not None else contextlib.nullcontext()):
             explained.start(rows)
             for segment in segments:
@@ -280,6 +297,6 @@ def explain(
     """Explain one prompt with ``method`` (a name from ``attnlrp.method_names()`` or a ``Method``).
 
     ``model`` may be a transformers ``pipeline`` with ``tokenizer=None``: ``explain(pipe, None, prompt)``."""
-    explainer = Explainer(model, tokenizer, method=method, strict=strict, add_bos=add_bos)
-    return explainer.explain(prompt, target=target, contrast=contrast, position=position,
-                             decoder_prefix=decoder_prefix, latents=latents)
+    with Explainer(model, tokenizer, method=method, strict=strict, add_bos=add_bos) as explainer:
+        return explainer.explain(prompt, target=target, contrast=contrast, position=position,
+                                 decoder_prefix=decoder_prefix, latents=latents)

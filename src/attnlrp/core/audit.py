@@ -30,6 +30,11 @@ class Audit:
     covered: Counter = field(default_factory=Counter)  # (rule, operation) -> count
     unhandled: Counter = field(default_factory=Counter)  # UnhandledOp -> count
 
+    def clear(self) -> None:
+        """Forget what was seen (a reused rule context starts each use afresh)."""
+        self.covered.clear()
+        self.unhandled.clear()
+
     def cover(self, rule: str, op: str) -> None:
         """Count one operation that ``rule`` covered."""
         self.covered[(rule, op)] += 1

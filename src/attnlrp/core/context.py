@@ -12,6 +12,12 @@ layers, wherever autograd runs it): another thread may run the same model plainl
 gradients. One model takes one open context at a time: a second one (nested, or from another thread) is
 refused with an ``ExplainError`` rather than mixing two sets of rules.
 
+A ``reusable`` context (what an ``Explainer`` holds) keeps its hooks installed but idle between uses
+("parked"): entering it again only freezes the parameters and switches to eval mode, which saves most of the
+set-up of each call. Parked hooks do nothing (the rules act only in the owning thread while the context is
+open); another context opened on the same model removes them first, and ``close()`` (called when the explainer
+is closed or garbage collected) removes them for good.
+
 "Input-dependent" means "requires grad": that is only true while the parameters are frozen, which the
 context does (and undoes).
 """
@@ -39,6 +45,8 @@ _MISSING = object()
 
 #: the open context of each model, so that a second one on the same model is refused
 _OPEN: "weakref.WeakKeyDictionary[nn.Module, LRPContext]" = weakref.WeakKeyDictionary()
+#: the parked (reusable, closed but still hooked) context of each model, removed when another one opens
+_PARKED: "weakref.WeakKeyDictionary[nn.Module, LRPContext]" = weakref.WeakKeyDictionary()
 _OPEN_LOCK = threading.Lock()
 
 
@@ -53,6 +61,8 @@ class LRPContext(AbstractContextManager):
 
     ``strict=True`` raises ``UnhandledOperationError`` at the first non-linear operation without a rule.
     ``gamma`` (layer type -> γ) adds the generalised γ-rule on linear/convolution layers.
+    ``reusable=True`` parks the hooks on exit instead of removing them (see the module docstring); call
+    ``close()`` when done.
     """
 
     def __init__(
@@ -62,6 +72,7 @@ class LRPContext(AbstractContextManager):
         *,
         strict: bool = False,
         gamma: Mapping[str | type, float] | None = None,
+        reusable: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -85,7 +96,10 @@ class LRPContext(AbstractContextManager):
         self._mode = RuleMode(self)
         self._local = threading.local()  # per thread: rule-mode depth, inside a checkpoint recomputation
         self._owner: int | None = None  # the thread that opened the context
-        self._undo: list[Callable[[], None]] = []
+        self.reusable = reusable
+        self._undo: list[Callable[[], None]] = []  # removes the hooks (kept while parked)
+        self._call_undo: list[Callable[[], None]] = []  # restores parameter and training flags (every exit)
+        self._installed = False
         self._active = False
 
     # ----------------------------------------------------------------------------------------- enter / exit
@@ -96,29 +110,52 @@ class LRPContext(AbstractContextManager):
         self._owner = threading.get_ident()
         try:
             self._freeze_and_evaluate()
-            self._install_hooks()
+            if not self._installed:
+                self._installed = True
+                self._install_hooks()
         except BaseException:
-            self._restore()
+            self._restore(park=False)
             raise
+        self.audit.clear()  # a reused context reports on this use only
+        self.ledger.reset()
         self._active = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._restore()
+        self._restore(park=self.reusable and exc[0] is None)
 
-    def _restore(self) -> None:
+    def close(self) -> None:
+        """Remove everything, parked hooks included (a no-op when nothing is installed). Not while open."""
+        if self._active:
+            raise RuntimeError("close() an LRPContext after leaving it, not inside it")
+        with _OPEN_LOCK:
+            if _PARKED.get(self.model) is self:
+                del _PARKED[self.model]
+        self._remove_hooks()
+
+    def _restore(self, park: bool) -> None:
         while self._mode_depth > 0:  # only if a forward was interrupted in a way hooks could not see
             self._leave_mode()
-        for undo in reversed(self._undo):
+        for undo in reversed(self._call_undo):
             undo()
-        self._undo.clear()
+        self._call_undo.clear()
+        if not park:
+            self._remove_hooks()
         self._module_stack.clear()
         self.norm_depth = 0
         self._active = False
-        self._owner = None
+        self._owner = None  # parked hooks are idle from here: the rules act only in the owner's thread
         with _OPEN_LOCK:
             if _OPEN.get(self.model) is self:
                 del _OPEN[self.model]
+            if park and self._installed:
+                _PARKED[self.model] = self
+
+    def _remove_hooks(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+        self._installed = False
 
     def _claim(self) -> None:
         """Register as the model's one open context, or refuse clearly."""
@@ -132,6 +169,9 @@ class LRPContext(AbstractContextManager):
                     "serialise explanations of a shared model (a lock or a queue), or load a second copy"
                 )
             _OPEN[self.model] = self
+            parked = _PARKED.pop(self.model, None)
+        if parked is not None and parked is not self:
+            parked._remove_hooks()  # idle hooks of another context: never two rule sets on one model
 
     # ------------------------------------------------------------------------------------ thread ownership
     @property
@@ -168,7 +208,7 @@ class LRPContext(AbstractContextManager):
             for m, training in modes:
                 m.training = training
 
-        self._undo.append(undo)
+        self._call_undo.append(undo)
         for p, _ in flags:
             p.requires_grad_(False)
         self.model.eval()

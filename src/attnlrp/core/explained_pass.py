@@ -43,15 +43,20 @@ class BackwardResult:
 class ExplainedPass(AbstractContextManager):
     """Grad on, the method's rules on the model; leaves in fp32; one ``backward`` per seed.
 
+    ``context``: a reusable ``LRPContext`` (an explainer's), whose hooks stay parked between passes.
     ``feature_dim`` is the dimension of a leaf that relevance is summed over to give one score per token
     (the embedding, -1) or per pixel (the channels, 1). On exit, non-linear operations that ran without a rule
     are reported once, as an ``UnruledOperationWarning`` (only for methods that use rules).
     """
 
     def __init__(
-        self, model: nn.Module, method: MethodSpec = "attnlrp", *, feature_dim: int = -1, warn: bool = True, **rules: Any
+        self, model: nn.Module, method: MethodSpec = "attnlrp", *, feature_dim: int = -1, warn: bool = True,
+        context: LRPContext | None = None, **rules: Any
     ) -> None:
-        self.context = LRPContext(model, method, **rules)  # rules: strict=, gamma= (see LRPContext)
+        # rules: strict=, gamma= (see LRPContext); or a (reusable) context made for this model and method
+        if context is not None and (context.model is not model or rules):
+            raise ValueError("pass either a context made for this model or the rules, not both")
+        self.context = context if context is not None else LRPContext(model, method, **rules)
         self.feature_dim = feature_dim
         self.warn = warn
         self._grad_mode = torch.enable_grad()
