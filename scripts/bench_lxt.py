@@ -7,8 +7,9 @@ in float32 with SDPA attention and frozen parameters, on the first N token ids o
 (the prompts of scripts/bench.py), as relevance = inputs_embeds ⊙ gradient summed over the embedding:
 
     ours   attnlrp.Explainer(model, tokenizer).explain(ids)  (transformers of .venv; ledger, result object)
-    lxt    lxt.efficient.monkey_patch(modeling_llama), then forward + backward by hand (.venv-lxt, transformers
-           4.57: lxt 2.1 does not import on 5.x)
+    lxt    lxt.efficient.monkey_patch(modeling_llama), then forward (``logits_to_keep=1``: the last position's
+           logits, as our Explainer computes them) + backward by hand (.venv-lxt, transformers 4.57: lxt 2.1
+           does not import on 5.x)
 
 Every measurement is a fresh process (lxt's patches are global to transformers' module), and the processes
 alternate ours, lxt, ours, lxt … so that drift in the machine's load hits both alike. A process loads the model,
@@ -105,7 +106,7 @@ def lxt(ids: list[int]):
 
     def run() -> list[float]:
         embeds = model.get_input_embeddings()(ids_t).detach().requires_grad_(True)
-        logits = model(inputs_embeds=embeds, use_cache=False).logits
+        logits = model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1).logits
         logits[0, -1, int(logits[0, -1].argmax())].backward()
         return [float(r) for r in (embeds * embeds.grad).sum(-1)[0].detach()]
 

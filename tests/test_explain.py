@@ -184,3 +184,23 @@ def test_half_precision_is_finite_and_close_to_fp32(dtype, tok):
     assert half.relevance.dtype == torch.float32 and torch.isfinite(half.relevance).all()
     r = torch.corrcoef(torch.stack([full.relevance, half.relevance]))[0, 1]
     assert r > 0.98, r
+
+
+def test_only_the_read_positions_logits_are_computed_and_nothing_changes(llama64, tok, monkeypatch):
+    """A causal LM computes the logits of the explained positions only (logits_to_keep); relevance, value and
+    ledger are those of the full-logits pass, for padded batch rows of different lengths and a given position."""
+    prompts = [PROMPT, "the capital of france is", "lisbon is the capital"]
+    seen = []
+    hook = llama64.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("logits_to_keep")), with_kwargs=True)
+    try:
+        kept = Explainer(llama64, tok).explain_batch(prompts) + [Explainer(llama64, tok).explain(PROMPT, position=3)]
+    finally:
+        hook.remove()
+    lengths = [len(e.tokens) for e in kept[:3]]
+    assert seen[0].tolist() == sorted({n - 1 for n in lengths}) and seen[1].tolist() == [3]
+    monkeypatch.setattr(Explainer, "_kept_positions", lambda self, targets, rows: None)  # every position's logits
+    full = Explainer(llama64, tok).explain_batch(prompts) + [Explainer(llama64, tok).explain(PROMPT, position=3)]
+    for a, b in zip(kept, full):
+        assert a.target == b.target
+        torch.testing.assert_close(a.relevance, b.relevance, rtol=1e-12, atol=1e-12)
+        assert a.value == pytest.approx(b.value, rel=1e-12) and a.ledger.balanced(rtol=1e-6)

@@ -19,7 +19,7 @@ from .errors import ExplainError
 from .explanation import Explanation
 from .latent.relevance import LatentRecorder
 from .models.adapter import ModelAdapter, Prompt, bos_policy, model_and_tokenizer, prepare_prompt, prepare_prompts
-from .targets import Reading, TargetSpec, target_for
+from .targets import NextToken, Reading, TargetSpec, TokenTarget, target_for
 from .tokens import TokenizedPrompt, from_ids
 
 
@@ -215,9 +215,12 @@ class Explainer:
                 inputs[segment.mask_kwarg] = mask
                 leaves.append(leaf)
                 masks.append(mask)
+            kept = self._kept_positions(targets, output_rows)
+            if kept is not None:
+                inputs["logits_to_keep"] = torch.tensor(kept, device=device)
             output = self.model(**inputs)
             read = [
-                target.read(Reading(output, row, rows, output_rows[row], self.adapter, self.tokenizer))
+                target.read(Reading(output, row, rows, output_rows[row], self.adapter, self.tokenizer, kept))
                 for row, target in enumerate(targets)
             ]
             values = torch.stack([value.to(torch.float64) for value, _ in read])
@@ -250,6 +253,21 @@ class Explainer:
                 )
             )
         return explanations
+
+
+    def _kept_positions(self, targets: list, rows: list[TokenizedPrompt]) -> tuple[int, ...] | None:
+        """The positions whose logits the targets read, when a causal LM can compute only those
+        (``logits_to_keep``): its output head, a large share of a short prompt's cost, then runs on a few
+        positions instead of all. None (every position) for other heads and for targets that may read anything."""
+        if self.adapter.head != "causal-lm" or not self.adapter.accepts("logits_to_keep"):
+            return None
+        if not all(type(t) in (NextToken, TokenTarget) for t in targets):
+            return None
+        positions = {
+            t.resolved_position(Reading(None, row, len(rows), rows[row], self.adapter, self.tokenizer))
+            for row, t in enumerate(targets)
+        }
+        return tuple(sorted(positions))
 
 
 @dataclass(frozen=True)

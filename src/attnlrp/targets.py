@@ -30,6 +30,15 @@ class Reading:
     prompt: TokenizedPrompt | None  # None for inputs that are not text (images)
     adapter: ModelAdapter
     tokenizer: Any
+    #: the positions whose logits the model computed (``logits_to_keep``), in the order of the logits' second
+    #: dimension; None: every position's
+    kept_positions: tuple[int, ...] | None = None
+
+    def logits_at(self, position: int) -> torch.Tensor:
+        """This row's logits at ``position`` (a position of the prompt, whichever positions were computed)."""
+        if self.kept_positions is None:
+            return self.logits[self.row, position]
+        return self.logits[self.row, self.kept_positions.index(position)]
 
     @property
     def logits(self) -> torch.Tensor:
@@ -100,16 +109,19 @@ class TokenTarget:
         """The position explained when none is given (a plain ``TokenTarget`` needs one)."""
         raise ExplainError("give the position of the explained token (position=)")
 
-    def read(self, reading: Reading) -> tuple[torch.Tensor, Target]:
-        """The token's logit at the position (minus the contrast token's, if any)."""
+    def resolved_position(self, reading: Reading) -> int:
+        """The explained position, checked and counted from the start (needs only the prompt, not the output)."""
         prompt = reading.text
-        position, kind = self.position, (self.kind if self.token is None else "token")
-        if position is None:
-            position = self.default_position(reading)
+        position = self.position if self.position is not None else self.default_position(reading)
         if not -len(prompt) <= position < len(prompt):
             raise ExplainError(f"position {position} is outside the prompt of {len(prompt)} tokens")
-        position %= len(prompt)
-        logits = reading.logits[reading.row, position]
+        return position % len(prompt)
+
+    def read(self, reading: Reading) -> tuple[torch.Tensor, Target]:
+        """The token's logit at the position (minus the contrast token's, if any)."""
+        kind = self.kind if self.token is None else "token"
+        position = self.resolved_position(reading)
+        logits = reading.logits_at(position)
         tokenizer = reading.tokenizer
         token_id = int(logits.argmax()) if self.token is None else reading.adapter.token_id(tokenizer, self.token)
         value = logits[token_id]
