@@ -203,3 +203,11 @@ def test_force_is_in_the_help(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     assert "--force" in capsys.readouterr().out
+
+
+def test_merge_refuses_records_instead_of_ignoring_it(no_work, tmp_path, capsys):
+    run = tmp_path / "run.jsonl"
+    write_records([{"task": "t", "index": 0, "sample": "s", "method": "m", "abpc": {}, "seconds": 1.0}], run)
+    err = _refused(capsys, "--merge", str(run), "--records", str(tmp_path / "all.jsonl"),
+                   "--output-dir", str(tmp_path / "out"))
+    assert "--merge writes no records" in err and not (tmp_path / "all.jsonl").exists()

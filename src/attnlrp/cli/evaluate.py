@@ -267,6 +267,9 @@ def _merge(args: argparse.Namespace) -> int:
 
     if args.task or args.data:
         raise ExplainError("--merge summarises earlier runs' records; it takes no --task or --data")
+    if args.records:
+        raise ExplainError("--merge writes no records (it reads them); drop --records, or concatenate the record "
+                           "files yourself if you want them in one file")
     records: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     for path in args.merge:
