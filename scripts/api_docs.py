@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "api"
 
 #: The public modules: the packages whose ``__all__`` is the library's interface (attnlrp, core, latent, models,
-#: evaluation, concepts, integrations), the integrations themselves, and the modules the docs name as extension
-#: points (rules and dispatch for custom rules, targets for target kinds, vision for images).
+#: serve, evaluation, concepts, patching, integrations), the integrations themselves, and the modules the docs name
+#: as extension points (rules and dispatch for custom rules, targets for target kinds, vision for images).
 MODULES = (
     "attnlrp",
     "attnlrp.core",
@@ -42,6 +42,8 @@ MODULES = (
     "attnlrp.models",
     "attnlrp.evaluation",
     "attnlrp.concepts",
+    "attnlrp.patching",
+    "attnlrp.serve",
     "attnlrp.integrations",
     "attnlrp.integrations.captum",
     "attnlrp.integrations.inseq",

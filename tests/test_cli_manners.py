@@ -24,7 +24,8 @@ from tiny import tiny_llama, word_tokenizer
 
 PROMPT = "paris is the capital of"
 MODEL_COMMANDS = [["explain", PROMPT], ["audit"], ["neurons", PROMPT], ["steer", PROMPT, "--off", "0:1"],
-                  ["evaluate"], ["concepts", "build"]]
+                  ["evaluate"], ["concepts", "build"], ["patch", PROMPT, "--corrupted", PROMPT, "--target", "of"],
+                  ["circuit", PROMPT, "--corrupted", PROMPT, "--target", "of"]]
 
 
 class Tty(io.StringIO):
@@ -131,7 +132,8 @@ def test_method_registry_is_the_engines():
 
 # ------------------------------------------------------------------------------------ the same options
 
-@pytest.mark.parametrize("argv", MODEL_COMMANDS, ids=["explain", "audit", "neurons", "steer", "evaluate", "build"])
+@pytest.mark.parametrize("argv", MODEL_COMMANDS, ids=["explain", "audit", "neurons", "steer", "evaluate", "build",
+                                                 "patch", "circuit"])
 def test_every_command_that_loads_a_model_takes_the_same_options(argv, monkeypatch):
     args = build_parser().parse_args([*argv, "--dtype", "float64", "--device", "cpu", "--attn", "eager", "--color",
                                       "never", "--trust-remote-code", "--allow-pickle", "--quiet"])
@@ -146,9 +148,11 @@ def test_every_command_that_loads_a_model_takes_the_same_options(argv, monkeypat
 def test_every_command_is_quiet_on_request():
     leaves = dict(leaf_parsers(build_parser()))
     assert set(leaves) == {"attnlrp explain", "attnlrp audit", "attnlrp neurons", "attnlrp steer", "attnlrp evaluate",
-                           "attnlrp concepts build", "attnlrp concepts show"}
+                           "attnlrp concepts build", "attnlrp concepts show", "attnlrp patch", "attnlrp circuit",
+                           "attnlrp serve"}
     for name, parser in leaves.items():
-        assert {"-q", "--quiet", "--color"} <= options(parser), name
+        # serve prints nothing but its URL: no colours to switch
+        assert {"-q", "--quiet"} | ({"--color"} if name != "attnlrp serve" else set()) <= options(parser), name
 
 
 # ------------------------------------------------------------------------------------ values checked up front

@@ -14,10 +14,10 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-from . import audit, concepts, evaluate, explain, neurons, steer
+from . import audit, circuit, concepts, evaluate, explain, neurons, patch, serve, steer
 
 #: every subcommand, in the order of ``attnlrp --help``: a module with ``register(subparsers)`` each
-COMMANDS = (explain, audit, concepts, neurons, steer, evaluate)
+COMMANDS = (explain, audit, concepts, neurons, steer, patch, circuit, serve, evaluate)
 
 
 def package_version() -> str:

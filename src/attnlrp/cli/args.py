@@ -222,3 +222,14 @@ def load_model(args: argparse.Namespace) -> Any:
         attn_implementation=getattr(args, "attn", None), trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
     )
+
+
+#: ``--bos``: the ``add_bos`` of ``Explainer`` / ``explain_generation`` / ``attnlrp.patching``
+BOS_CHOICES = {"auto": None, "always": True, "never": False}
+
+
+def token_arg(value: str | None) -> int | str | None:
+    """``--target 1234`` means the id 1234; anything else is a token string (kept verbatim, spaces included)."""
+    if value is None:
+        return None
+    return int(value) if value.strip().isdigit() and value == value.strip() else value

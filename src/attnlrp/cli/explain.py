@@ -7,15 +7,11 @@ import argparse
 from typing import Any
 
 from ..method_registry import method_names
-from .args import (add_attn, add_color, add_device, add_dtype, add_html, add_json, add_loading_permissions, add_model,
+from .args import (BOS_CHOICES, add_attn, add_color, add_device, add_dtype, add_html, add_json, add_loading_permissions, add_model,
                    add_prompt, add_quiet, auto_or_positive_int, load_model, positive_int, progress_bar, read_prompt,
-                   use_color)
+                   token_arg, use_color)
 from .failures import model_must_run, text_inputs
 from .output import report_unruled_operations
-
-#: ``--bos``: the ``add_bos`` of ``Explainer`` / ``explain_generation``
-BOS_CHOICES = {"auto": None, "always": True, "never": False}
-
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -72,16 +68,9 @@ def run(args: argparse.Namespace) -> int:
                           add_bos=BOS_CHOICES[args.bos])
     with model_must_run(lambda: loaded.model, text_inputs(loaded.model, loaded.tokenizer, prompt)):
         explanation = report_unruled_operations(lambda: explainer.explain(
-            prompt, target=_token_arg(args.target), contrast=_token_arg(args.contrast), position=args.position
+            prompt, target=token_arg(args.target), contrast=token_arg(args.contrast), position=args.position
         ))
     return _emit(args, explanation, top_k=args.top, html_label="HTML heatmap")
-
-
-def _token_arg(value: str | None) -> int | str | None:
-    """``--target 1234`` means the id 1234; anything else is a token string (kept verbatim, spaces included)."""
-    if value is None:
-        return None
-    return int(value) if value.strip().isdigit() and value == value.strip() else value
 
 
 def _emit(args: argparse.Namespace, explanation: Any, *, top_k: int, html_label: str) -> int:

@@ -47,10 +47,11 @@ class LayerSites:
     @property
     def num_neurons(self) -> int:
         """How many MLP neurons the layer has (the inputs of its MLP's output projection)."""
-        return _in_features(self.mlp_output)
+        return input_width(self.mlp_output)
 
 
-def _in_features(module: nn.Module) -> int:
+def input_width(module: nn.Module) -> int:
+    """How many input features a projection takes (nn.Linear, GPT-2's transposed Conv1D, or a 2-D weight)."""
     if isinstance(module, nn.Linear):
         return module.in_features
     weight = getattr(module, "weight", None)
