@@ -90,11 +90,11 @@ def test_circuit_json_and_html(cli, tmp_path):
     code, out, err = cli("circuit", *PAIR, "--json", "--random", "2", "--html", str(page))
     assert code == 0, err
     data = json.loads(out)
-    assert data["method"] == "attnlrp" and data["levels"] == ["heads", "mlps"]
-    assert set(data["curves"]) == {"attnlrp", "gradient", "random"}
+    assert data["method"] == "relp" and data["levels"] == ["heads", "mlps"]
+    assert set(data["curves"]) == {"relp", "gradient", "random"}
     for curve in data["curves"].values():
         assert curve[0] == [0, pytest.approx(0, abs=1e-4)] and curve[-1] == [10, pytest.approx(1, abs=1e-4)]  # float32
-    n = data["smallest"]["attnlrp"]
+    n = data["smallest"]["relp"]
     assert len(data["nodes"]) == n + 1 and data["nodes"][0]["name"] == "embed"  # the embeddings, then the circuit
     html = page.read_text(encoding="utf-8")
     assert html.count("<svg") == 2 and "<script" not in html

@@ -69,7 +69,7 @@ def close(a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> bool:
 
 # ------------------------------------------------------------------------------------ closed-form oracles
 
-@pytest.mark.parametrize("method", ["gradient", "attnlrp"])
+@pytest.mark.parametrize("method", ["gradient", "attnlrp", "relp"])
 def test_estimate_is_exact_where_the_logits_are_linear_in_the_component(model, tok, method):
     """Without the final norm, the logits are linear in the last layer's MLP output and neurons; with that layer's
     MLP silenced too (down projection zero), in its heads. There, estimate = true patching effect."""
@@ -90,7 +90,7 @@ def test_estimate_is_exact_where_the_logits_are_linear_in_the_component(model, t
     assert _hooks_are_gone(model)
 
 
-@pytest.mark.parametrize("method", ["gradient", "attnlrp"])
+@pytest.mark.parametrize("method", ["gradient", "attnlrp", "relp"])
 def test_a_linear_metric_of_the_last_residual_stream_is_estimated_exactly(model, tok, method):
     """A callable metric, linear in the logits, without the final norm: linear in the last layer's output at every
     position (zero effect where it does not reach the last position)."""
@@ -281,10 +281,10 @@ def test_circuit_recovers_nothing_with_nothing_kept_and_everything_with_everythi
         assert [n for n, _ in curve] == list(range(total + 1)), name
         assert abs(curve[0][1]) < 1e-9 and abs(curve[-1][1] - 1) < 1e-9, name
     smallest = found.smallest()
-    assert set(smallest) == {"attnlrp", "gradient", "random"}
-    n = smallest["attnlrp"]
-    assert n is not None and dict(found.curves["attnlrp"])[n] >= 0.8
-    assert all(r < 0.8 for m, r in found.curves["attnlrp"] if m < n)
+    assert set(smallest) == {"relp", "gradient", "random"}  # the default method's ranking, AtP's, random ones
+    n = smallest["relp"]
+    assert n is not None and dict(found.curves["relp"])[n] >= 0.8
+    assert all(r < 0.8 for m, r in found.curves["relp"] if m < n)
     assert [c.name for c in found.nodes] == ["embed"] + [c.name for c in found.ranked[:n]]
     assert found.curves["random"][3][1] == pytest.approx(sum(c[3] for c in found.random_curves) / 2)
     data = found.to_dict()
@@ -303,7 +303,7 @@ class LinearMLP(nn.Module):
         return self.down_proj(self.up_proj(x))
 
 
-@pytest.mark.parametrize("method", ["gradient", "attnlrp"])
+@pytest.mark.parametrize("method", ["gradient", "attnlrp", "relp"])
 def test_an_edge_along_a_linear_path_is_the_closed_form(model, tok, method):
     """With the last layer's MLP made linear (no norm before it, no activation, no gate) and no final norm, that
     MLP's output is linear in the same layer's heads: edge(head → MLP) = ĝ_MLP · (a_MLP(head patched) − a_MLP),

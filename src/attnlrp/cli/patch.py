@@ -7,8 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..method_registry import method_names
-from ..patching.names import DEFAULT_METHOD, LEVELS
+from ..patching.names import DEFAULT_METHOD, LEVELS, METHODS
 from .args import (BOS_CHOICES, add_color, add_html, add_json, add_model_arguments, add_quiet, load_model,
                    positive_int, read_prompt, style, token_arg)
 from .failures import model_must_run, text_inputs
@@ -27,9 +26,10 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the metric is logit(A) at the last position: a token (a string, kept verbatim with its "
                         "leading space, e.g. ' Mary') or an id")
     parser.add_argument("--contrast", default=None, metavar="B", help="the metric is logit(A) − logit(B)")
-    parser.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
-                        help="whose gradient weighs the activation differences: attnlrp, cp-lrp (relevance "
-                        f"patching) or gradient (attribution patching) (default: {DEFAULT_METHOD})")
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                        help="whose gradient weighs the activation differences: relp (CP-LRP's attention with "
+                        "AttnLRP's gates), attnlrp, cp-lrp (relevance patching) or gradient (attribution patching, "
+                        f"AtP) (default: {DEFAULT_METHOD}; docs/patching.md compares them)")
     parser.add_argument("--bos", choices=tuple(BOS_CHOICES), default="auto",
                         help="start both prompts with the tokenizer's BOS token (as `attnlrp explain --bos`)")
 

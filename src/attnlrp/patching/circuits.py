@@ -35,7 +35,7 @@ from ..core import MethodSpec, get_method
 from ..errors import ExplainError
 from .estimate import ComponentEffect, estimate_pairs
 from .metric import MetricFn, TokenSpec
-from .names import CIRCUIT_LEVELS, DEFAULT_METHOD
+from .names import CIRCUIT_LEVELS, DEFAULT_METHOD, patching_method
 from .runs import Setup
 from .sites import EMBEDDING, KIND, check_levels, iterate_units
 
@@ -182,7 +182,7 @@ def circuit(model: Any, tokenizer: Any, clean: Any, corrupted: Any,
     gap (at most ``budget`` and ``max_nodes`` components; the input embeddings are node 0) and compute the edges
     between its nodes (``edges=False`` skips them). Other arguments as for :func:`attnlrp.patching.patch`
     (noising)."""
-    resolved = get_method(method)
+    resolved = patching_method(method)
     chosen = check_circuit_levels(levels)
     if budget is not None and budget < 0:
         raise ExplainError(f"budget must be 0 or more, got {budget}")

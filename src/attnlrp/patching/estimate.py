@@ -19,10 +19,10 @@ from typing import Any, Sequence
 
 import torch
 
-from ..core import ExplainedPass, MethodSpec, get_method
+from ..core import ExplainedPass, MethodSpec
 from ..errors import ExplainError
 from .metric import MetricFn, TokenSpec
-from .names import DEFAULT_METHOD, LEVELS
+from .names import DEFAULT_METHOD, LEVELS, patching_method
 from .runs import Setup, check_direction
 from .sites import (EMBEDDING, KIND, ComponentSites, Recorder, check_levels, component_order, iterate_units,
                     unit_mask, units_view)
@@ -98,7 +98,7 @@ def run_group(setup: Setup, group: Sequence[int], method: MethodSpec, direction:
     source = setup.record(group, source_role, [level for level in levels if level != EMBEDDING])
     base_embeddings = setup.embed(setup.ids(group, base_role))
     rows = len(group)
-    with ExplainedPass(setup.model, method) as explained, Recorder(sites, levels) as recorder:
+    with ExplainedPass(setup.model, patching_method(method)) as explained, Recorder(sites, levels) as recorder:
         explained.start(rows)
         leaf, inputs = explained.leaf(base_embeddings)
         values = setup.metric(setup.forward(inputs), group)
@@ -283,7 +283,7 @@ def patch(model: Any, tokenizer: Any, clean: Any, corrupted: Any, target: TokenS
     ``method``: a registered name or a :class:`~attnlrp.core.Method` (``"gradient"`` is attribution patching).
     Estimates are averaged over the pairs (``result.per_pair`` keeps each pair's).
     """
-    resolved = get_method(method)
+    resolved = patching_method(method)
     chosen = check_levels(levels)
     setup = Setup.build(model, tokenizer, clean, corrupted, target, contrast, metric, add_bos)
     done = estimate_pairs(setup, resolved, direction, chosen)
