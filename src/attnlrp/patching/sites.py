@@ -20,7 +20,7 @@ batch, which units take their value from another run: ``{(site, layer): bool mas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -95,6 +95,32 @@ class ComponentSites:
 SITE = {"heads": "attention_in", "neurons": "mlp_in", "mlps": "mlp_out", "residual": "layer_out"}
 
 
+_Hooks = TypeVar("_Hooks", bound="_ModuleHooks")
+
+
+class _ModuleHooks:
+    """Hooks on this model's modules, installed by ``_install`` on entering and all removed on exit (also when
+    installing fails half-way)."""
+
+    _handles: list[Any]
+
+    def _install(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Hooks) -> _Hooks:
+        try:
+            self._install()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
 class _Capture:
     """One activation of one forward call, its live tensor (for further backward passes) and its gradient."""
 
@@ -106,7 +132,7 @@ class _Capture:
             tensor.register_hook(lambda grad: owner._store(self, grad))
 
 
-class Recorder:
+class Recorder(_ModuleHooks):
     """Reads the activations of the given sites during one forward pass, and their (modified) gradients during the
     following backward pass. A context manager; its hooks are this model's and removed on exit.
 
@@ -121,28 +147,18 @@ class Recorder:
         self._handles: list[Any] = []
         self._frozen = False
 
-    def __enter__(self) -> "Recorder":
-        try:
-            for site in self.sites.layers:
-                i = site.index
-                if "attention_in" in self.kinds:
-                    hook = self._on_input("attention_in", i)
-                    self._handles.append(site.attention_output.register_forward_pre_hook(hook))
-                if "mlp_in" in self.kinds:
-                    self._handles.append(site.mlp_output.register_forward_pre_hook(self._on_input("mlp_in", i)))
-                if "mlp_out" in self.kinds:
-                    self._handles.append(site.mlp_output.register_forward_hook(self._on_output("mlp_out", i)))
-                if "layer_out" in self.kinds:
-                    self._handles.append(site.layer.register_forward_hook(self._on_output("layer_out", i)))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _install(self) -> None:
+        for site in self.sites.layers:
+            i = site.index
+            if "attention_in" in self.kinds:
+                hook = self._on_input("attention_in", i)
+                self._handles.append(site.attention_output.register_forward_pre_hook(hook))
+            if "mlp_in" in self.kinds:
+                self._handles.append(site.mlp_output.register_forward_pre_hook(self._on_input("mlp_in", i)))
+            if "mlp_out" in self.kinds:
+                self._handles.append(site.mlp_output.register_forward_hook(self._on_output("mlp_out", i)))
+            if "layer_out" in self.kinds:
+                self._handles.append(site.layer.register_forward_hook(self._on_output("layer_out", i)))
 
     def freeze(self) -> None:
         """Keep the gradients read so far: later backward passes through the same graph do not add to them."""
@@ -212,7 +228,7 @@ def replace_units(level: str, tensor: torch.Tensor, source: torch.Tensor, mask: 
     return torch.where(keep, units_view(level, source, sites), view).reshape(tensor.shape)
 
 
-class Patcher:
+class Patcher(_ModuleHooks):
     """Applies a plan during the forward passes of its block: per row, the marked units of each site take their
     value from ``sources`` ({(level, layer): tensor (rows or 1, positions, width)}). Hooks per instance, removed
     on exit; the embedding (a plan entry ``(EMBEDDING, -1)``) is patched by the caller, on the inputs."""
@@ -223,28 +239,18 @@ class Patcher:
         self.sources = sources
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "Patcher":
-        try:
-            for (level, layer), mask in self.plan.items():
-                site = self.sites.layers[layer]
-                replace = self._replacer(level, layer, mask)
-                if level in ("heads", "neurons"):
-                    module = site.attention_output if level == "heads" else site.mlp_output
-                    self._handles.append(module.register_forward_pre_hook(
-                        lambda m, args, replace=replace: (replace(args[0]), *args[1:])))
-                else:
-                    module = site.mlp_output if level == "mlps" else site.layer
-                    self._handles.append(module.register_forward_hook(
-                        lambda m, args, output, replace=replace: _with_hidden(output, replace(_hidden(output)))))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _install(self) -> None:
+        for (level, layer), mask in self.plan.items():
+            site = self.sites.layers[layer]
+            replace = self._replacer(level, layer, mask)
+            if level in ("heads", "neurons"):
+                module = site.attention_output if level == "heads" else site.mlp_output
+                self._handles.append(module.register_forward_pre_hook(
+                    lambda m, args, replace=replace: (replace(args[0]), *args[1:])))
+            else:
+                module = site.mlp_output if level == "mlps" else site.layer
+                self._handles.append(module.register_forward_hook(
+                    lambda m, args, output, replace=replace: _with_hidden(output, replace(_hidden(output)))))
 
     def _replacer(self, level: str, layer: int, mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         source = self.sources[(level, layer)]
