@@ -146,7 +146,7 @@ evidence: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) scripts/neuron_evidence.py --threads 1
 
 # Relevance-patching study of issue #14 (scripts/patching_study.py, prompt pairs in scripts/data/patching_tasks.json):
-# writes docs/patching.md, docs/patching.json and docs/patching-*.png (~25 min on 2 idle cores)
+# writes docs/patching.md, docs/patching.json and docs/patching-*.png (~20 min on 2 idle cores)
 patching-study: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) scripts/patching_study.py --threads 2
 
