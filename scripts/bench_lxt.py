@@ -14,9 +14,9 @@ in float32 with SDPA attention and frozen parameters, on the first N token ids o
 Every measurement is a fresh process (lxt's patches are global to transformers' module), and the processes
 alternate ours, lxt, ours, lxt … so that drift in the machine's load hits both alike. A process loads the model,
 warms up once, times --calls calls (median) and samples its RSS (from /proc/self/statm, every ~1 ms, in a
-thread) during one more, untimed call: peak minus the RSS before it. Reported: medians over rounds of those
-per-process values, their ratios ours / lxt, and the spread. lxt's code stays in .venv-lxt; this project only
-starts it as a program.
+thread) during one more, untimed call after gc.collect() and glibc's malloc_trim(0): peak minus the RSS before
+it. Reported: medians over rounds of those per-process values, their ratios ours / lxt, and the spread. lxt's
+code stays in .venv-lxt; this project only starts it as a program.
 """
 
 from __future__ import annotations
@@ -64,6 +64,17 @@ class PeakRSS:
         while not self._stop.is_set():
             self.peak = max(self.peak, self._rss())
             self._stop.wait(0.001)
+
+
+def release_freed_memory() -> None:
+    """gc.collect(), then hand glibc's freed heap back to the OS, so that the RSS before the sampled call is low."""
+    import ctypes
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
 
 
 def ours(ids: list[int]):
@@ -126,7 +137,7 @@ def worker(side: str, ids_file: str, calls: int, threads: int, out: str) -> None
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
-    gc.collect()
+    release_freed_memory()  # else memory the allocator kept from the timed calls hides the peak
     with PeakRSS() as rss:
         run()
     Path(out).write_text(json.dumps({"times": times, "peak_mib": (rss.peak - rss.start) / 2**20,
