@@ -24,13 +24,7 @@ WINDOW = 6
 SETTINGS = dict(top_k=K, window=WINDOW, batch_size=3, chunk_size=6, layers=[0, 1], progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a shared machine extra threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def documents(count: int = 9, seed: int = 0) -> list[str]:

@@ -26,7 +26,7 @@ from ..errors import ExplainError
 from .audit import Audit, warn_unruled
 from .context import LRPContext
 from .ledger import Ledger, LedgerReport
-from .methods import Method, MethodSpec, relevance_per_token
+from .methods import Method, MethodSpec, get_method, relevance_per_token
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class ExplainedPass(AbstractContextManager):
         context: LRPContext | None = None, **rules: Any
     ) -> None:
         # rules: strict=, gamma= (see LRPContext); or a (reusable) context made for this model and method
-        if context is not None and (context.model is not model or rules):
-            raise ValueError("pass either a context made for this model or the rules, not both")
+        if context is not None and (context.model is not model or context.method != get_method(method) or rules):
+            raise ValueError("pass either a context made for this model and method or the rules, not both")
         self.context = context if context is not None else LRPContext(model, method, **rules)
         self.feature_dim = feature_dim
         self.warn = warn
